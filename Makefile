@@ -1,0 +1,48 @@
+# make setup: idempotent install (system packages, venv, llama-server, demo models)
+# make run:   setup, then serve on 127.0.0.1:3000 with config/
+# make test:  setup, lint, then the whole test suite
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+
+.PHONY: setup system-deps python-deps llama-server models run test lint bench clean
+
+setup: system-deps python-deps llama-server models
+
+system-deps:
+	@bash scripts/system-deps.sh
+
+python-deps: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+llama-server:
+	@bash scripts/build-llama-server.sh >/dev/null
+
+models: python-deps
+	@$(BIN)/python scripts/fetch_models.py data/models
+
+run: setup
+	$(BIN)/llamacontroller serve
+
+lint: python-deps
+	$(BIN)/ruff check llamacontroller tests bench scripts
+	$(BIN)/mypy
+
+test: setup lint
+	@$(BIN)/python -m pytest; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
+
+bench: setup
+	$(BIN)/python bench/proxy.py
+	$(BIN)/python bench/coldstart.py
+	$(BIN)/python bench/auth.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,3 @@
+from llamacontroller.cli import main
+
+main()

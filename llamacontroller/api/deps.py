@@ -1,0 +1,100 @@
+"""Dependencies that make route signatures read like declarations."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import TYPE_CHECKING, Annotated, Any
+
+from fastapi import Depends, Request
+
+from llamacontroller.auth.principal import Principal
+from llamacontroller.errors import BadRequest, PayloadTooLarge, Unauthenticated
+
+if TYPE_CHECKING:
+    from llamacontroller.app import Services
+
+MAX_BODY = 32 * 1024 * 1024
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def get_services(request: Request) -> Services:
+    return request.app.state.services  # type: ignore[no-any-return]
+
+
+ServicesDep = Annotated["Services", Depends(get_services)]
+
+
+def _credential(request: Request) -> str | None:
+    header = request.headers.get("authorization")
+    if header is not None:
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            raise Unauthenticated("malformed Authorization header; use 'Bearer <token>'")
+        return value.strip()
+    api_key = request.headers.get("x-api-key")
+    return api_key.strip() if api_key else None
+
+
+async def get_principal(request: Request) -> Principal:
+    services = get_services(request)
+    token = _credential(request)
+    if token is None:
+        if not services.settings.auth.require_api_token and not request.url.path.startswith(
+            f"{request.scope.get('root_path', '')}/api/v1/"
+        ):
+            return Principal.anonymous()
+        raise Unauthenticated("missing API token: send 'Authorization: Bearer <token>'")
+    principal = await services.auth.verify(token)
+    request.state.principal = principal
+    return principal
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+def requires(scope: str) -> Any:
+    async def check(principal: PrincipalDep) -> Principal:
+        principal.require(scope)
+        return principal
+
+    return Depends(check)
+
+
+ManagerDep = Annotated[Principal, requires("models:manage")]
+AdminDep = Annotated[Principal, requires("admin")]
+InferenceDep = Annotated[Principal, requires("inference")]
+
+
+async def read_body(request: Request, limit: int = MAX_BODY) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"request body over {limit // 2**20} MiB")
+    chunks = bytearray()
+    async for chunk in request.stream():
+        chunks += chunk
+        if len(chunks) > limit:
+            raise PayloadTooLarge(f"request body over {limit // 2**20} MiB")
+    return bytes(chunks)
+
+
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    import json
+
+    try:
+        data = json.loads(body)
+    except ValueError as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise BadRequest("request body must be a JSON object")
+    return data
+
+
+def request_id(request: Request) -> str:
+    given = request.headers.get("x-request-id")
+    return given if given and _REQUEST_ID.match(given) else uuid.uuid4().hex
+
+
+def client_ip(request: Request) -> str | None:
+    # uvicorn rewrites request.client from X-Forwarded-For, but only for trusted proxies.
+    return request.client.host if request.client else None

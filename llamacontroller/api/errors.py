@@ -1,0 +1,109 @@
+"""The one place errors become HTTP responses, in the caller's dialect.
+
+- OpenAI routes (`/v1/...`, `/tokenize`...): `{"error": {"message", "type", "param", "code"}}`
+- Ollama routes (`/api/...`): `{"error": "..."}`
+- Management routes (`/api/v1/...`): `{"error": {"code", "message"}}`
+Never an HTML page or a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from enum import StrEnum
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from llamacontroller.errors import LlamaControllerError
+
+log = logging.getLogger(__name__)
+
+
+class Dialect(StrEnum):
+    OPENAI = "openai"
+    OLLAMA = "ollama"
+    MANAGEMENT = "management"
+
+
+OPENAI_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    409: "invalid_request_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+def dialect_for(path: str) -> Dialect:
+    if path.startswith("/api/v1/") or path == "/api/v1":
+        return Dialect.MANAGEMENT
+    if path.startswith("/api/"):
+        return Dialect.OLLAMA
+    return Dialect.OPENAI
+
+
+def error_body(dialect: Dialect, status: int, message: str, code: str, param: str | None = None) -> dict[str, Any]:
+    if dialect is Dialect.OLLAMA:
+        return {"error": message}
+    if dialect is Dialect.MANAGEMENT:
+        return {"error": {"code": code, "message": message}}
+    kind = OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def error_response(
+    dialect: Dialect,
+    status: int,
+    message: str,
+    code: str,
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    body = json.dumps(error_body(dialect, status, message, code, param)).encode()
+    return Response(body, status_code=status, media_type="application/json", headers=headers)
+
+
+def render(dialect: Dialect, exc: LlamaControllerError) -> Response:
+    headers = dict(getattr(exc, "headers", None) or {})
+    if exc.retry_after is not None:
+        headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+    if exc.status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    return error_response(dialect, exc.status, exc.message, exc.code, exc.param, headers)
+
+
+def _path(request: Request) -> str:
+    root = request.scope.get("root_path", "")
+    path: str = request.scope["path"]
+    return path[len(root):] if root and path.startswith(root) else path
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(LlamaControllerError)
+    async def _ours(request: Request, exc: LlamaControllerError) -> Response:
+        return render(dialect_for(_path(request)), exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}" for e in exc.errors()
+        )
+        first = exc.errors()[0]["loc"][-1] if exc.errors() else None
+        return error_response(dialect_for(_path(request)), 400, problems, "invalid_request", str(first) if first else None)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        message = "not found" if exc.status_code == 404 else str(exc.detail)
+        return error_response(dialect_for(_path(request)), exc.status_code, message, code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(dialect_for(_path(request)), 500, "internal error; see the controller log", "internal_error")

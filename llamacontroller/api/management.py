@@ -1,0 +1,347 @@
+"""Management API under /api/v1: models, tokens, users, audit, usage, config reload."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any, Literal
+
+from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import Date, cast, func, select
+from starlette.responses import StreamingResponse
+
+from llamacontroller.api.deps import AdminDep, ManagerDep, PrincipalDep, ServicesDep, client_ip
+from llamacontroller.auth.principal import Principal
+from llamacontroller.db.models import ApiToken, AuditEntry, UsageEntry, User
+from llamacontroller.errors import BadRequest, Forbidden, LlamaControllerError
+from llamacontroller.supervisor.memory import available_bytes, gpu_inventory
+
+router = APIRouter(prefix="/api/v1", tags=["management"])
+
+SSE_KEEPALIVE = 15.0
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelAction(_In):
+    model_id: str
+
+
+class SwitchAction(_In):
+    from_id: str | None = None
+    to_id: str
+
+
+class TokenCreate(_In):
+    name: str = Field(min_length=1, max_length=128)
+    user: str | None = Field(None, description="Owner (admins only); default: the caller")
+    scopes: list[str] | None = None
+    models: list[str] = Field(default_factory=list)
+    expires_in: str | None = None
+    rpm_limit: int | None = Field(None, gt=0)
+    tpm_limit: int | None = Field(None, gt=0)
+    parallel_limit: int | None = Field(None, gt=0)
+
+
+class UserCreate(_In):
+    username: str
+    password: str
+    role: Literal["admin", "operator", "user"] = "user"
+
+
+class UserUpdate(_In):
+    role: Literal["admin", "operator", "user"] | None = None
+    disabled: bool | None = None
+    password: str | None = None
+
+
+async def audit(
+    services: Any, request: Request, principal: Principal | None, action: str, target: str | None,
+    *, before: dict[str, Any] | None = None, after: dict[str, Any] | None = None, result: str = "ok",
+) -> None:
+    await services.audit.record(
+        action,
+        actor=principal.username if principal else None,
+        token_id=principal.token_id if principal else None,
+        client_ip=client_ip(request),
+        user_agent=(request.headers.get("user-agent") or "")[:256] or None,
+        target=target,
+        before=before,
+        after=after,
+        result=result[:256],
+    )
+
+
+async def _audited(services: Any, request: Request, principal: Principal, action: str, target: str, work: Any) -> Any:
+    """Run a model action and audit it, whether it worked or not."""
+    try:
+        result = await work
+    except LlamaControllerError as exc:
+        await audit(services, request, principal, action, target, result=f"error: {exc.message}")
+        raise
+    await audit(services, request, principal, action, target)
+    return result
+
+
+# ------------------------------------------------------------------------------- models
+
+@router.get("/models")
+async def models(services: ServicesDep, principal: PrincipalDep) -> dict[str, Any]:
+    return {
+        "models": [
+            {**e.entry.model_dump(exclude={"env"}), "state": e.state.value}
+            for e in services.supervisor.engines.values()
+            if principal.may_use(e.id)
+        ]
+    }
+
+
+@router.get("/models/status")
+async def models_status(services: ServicesDep, principal: ManagerDep) -> dict[str, Any]:
+    budget = services.settings.models.memory_budget
+    return {
+        "models": services.supervisor.status(),
+        "max_loaded_models": services.settings.models.max_loaded_models,
+        "memory": {"budget": budget, "available": available_bytes()},
+        "gpus": gpu_inventory(),
+    }
+
+
+@router.post("/models/load")
+async def load(body: ModelAction, request: Request, services: ServicesDep, principal: ManagerDep) -> dict[str, Any]:
+    engine = services.supervisor.resolve(body.model_id)
+    await _audited(services, request, principal, "model.load", engine.id, services.supervisor.load(engine.id))
+    return engine.status()
+
+
+@router.post("/models/unload")
+async def unload(body: ModelAction, request: Request, services: ServicesDep, principal: ManagerDep) -> dict[str, Any]:
+    engine = services.supervisor.resolve(body.model_id)
+    await _audited(services, request, principal, "model.unload", engine.id, services.supervisor.unload(engine.id))
+    return engine.status()
+
+
+@router.post("/models/switch")
+async def switch(body: SwitchAction, request: Request, services: ServicesDep, principal: ManagerDep) -> dict[str, Any]:
+    target = f"{body.from_id or '*'} -> {body.to_id}"
+    engine = await _audited(
+        services, request, principal, "model.switch", target, services.supervisor.switch(body.from_id, body.to_id)
+    )
+    return engine.status()  # type: ignore[no-any-return]
+
+
+@router.get("/models/{model_id:path}/logs", response_model=None)
+async def model_logs(
+    model_id: str,
+    request: Request,
+    services: ServicesDep,
+    principal: ManagerDep,
+    lines: int = Query(200, ge=0, le=5000),
+    follow: bool = False,
+) -> Any:
+    engine = services.supervisor.resolve(model_id)
+    if not follow and "text/event-stream" not in request.headers.get("accept", ""):
+        return {"model": engine.id, "lines": [{"seq": ln.seq, "time": ln.time, "text": ln.text} for ln in engine.log.tail(lines)]}
+    tail = engine.log.tail(lines)
+    since = tail[0].seq - 1 if tail else 0
+
+    async def events() -> AsyncIterator[dict[str, Any]]:
+        async for line in engine.log.follow(since):
+            yield {"seq": line.seq, "time": line.time, "text": line.text}
+
+    return sse(events())
+
+
+@router.get("/events")
+async def events(services: ServicesDep, principal: ManagerDep) -> StreamingResponse:
+    return sse(services.supervisor.events())
+
+
+def sse(source: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
+    """Server-sent events with a keep-alive comment every 15 s (proxies drop silent streams)."""
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b": connected\n\n"
+        iterator = source.__aiter__()
+        while True:
+            try:
+                item = await asyncio.wait_for(iterator.__anext__(), SSE_KEEPALIVE)
+            except TimeoutError:
+                yield b": keep-alive\n\n"
+                continue
+            except StopAsyncIteration:
+                return
+            yield b"data: " + json.dumps(item).encode() + b"\n\n"
+
+    return StreamingResponse(
+        body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )
+
+
+# ------------------------------------------------------------------------------- tokens
+
+def token_public(row: ApiToken, username: str | None = None) -> dict[str, Any]:
+    return {
+        "id": row.id, "name": row.name, "prefix": row.prefix, "user": username, "scopes": row.scopes.split(),
+        "models": row.models.split(), "created_at": row.created_at, "expires_at": row.expires_at,
+        "last_used_at": row.last_used_at, "revoked_at": row.revoked_at, "rpm_limit": row.rpm_limit,
+        "tpm_limit": row.tpm_limit, "parallel_limit": row.parallel_limit,
+    }
+
+
+@router.get("/tokens")
+async def list_tokens(services: ServicesDep, principal: PrincipalDep, all: bool = False) -> dict[str, Any]:
+    if principal.user_id is None:
+        raise Forbidden("anonymous callers have no tokens")
+    owner = None if (all and principal.is_admin) else principal.user_id
+    return {"tokens": [token_public(t, u) for t, u in await services.auth.list_tokens(owner)]}
+
+
+@router.post("/tokens", status_code=201)
+async def create_token(body: TokenCreate, request: Request, services: ServicesDep, principal: PrincipalDep) -> dict[str, Any]:
+    if principal.user_id is None or principal.username is None:
+        raise Forbidden("anonymous callers cannot create tokens")
+    owner_name = body.user or principal.username
+    if owner_name != principal.username and not principal.is_admin:
+        raise Forbidden("only admins create tokens for other users")
+    owner = await services.auth.get_user(owner_name)
+    for model in body.models:
+        services.supervisor.resolve(model)
+    created = await services.auth.create_token(
+        owner, body.name, body.scopes, [services.supervisor.resolve(m).id for m in body.models], body.expires_in,
+        {"rpm_limit": body.rpm_limit, "tpm_limit": body.tpm_limit, "parallel_limit": body.parallel_limit},
+    )
+    public = token_public(created.row, owner.username)
+    await audit(services, request, principal, "token.create", f"token:{created.row.id}", after=_jsonable(public))
+    return {**public, "token": created.token}
+
+
+@router.delete("/tokens/{token_id}")
+async def revoke_token(token_id: int, request: Request, services: ServicesDep, principal: PrincipalDep) -> dict[str, Any]:
+    if principal.user_id is None:
+        raise Forbidden("anonymous callers have no tokens")
+    owner = None if principal.is_admin else principal.user_id
+    row = await services.auth.revoke_token(token_id, owner_id=owner)
+    await audit(services, request, principal, "token.revoke", f"token:{token_id}")
+    return token_public(row)
+
+
+# -------------------------------------------------------------------------------- users
+
+def user_public(user: User) -> dict[str, Any]:
+    return {"id": user.id, "username": user.username, "role": user.role, "disabled": user.disabled,
+            "created_at": user.created_at, "last_login_at": user.last_login_at}
+
+
+@router.get("/users")
+async def list_users(services: ServicesDep, principal: AdminDep) -> dict[str, Any]:
+    return {"users": [user_public(u) for u in await services.auth.list_users()]}
+
+
+@router.post("/users", status_code=201)
+async def create_user(body: UserCreate, request: Request, services: ServicesDep, principal: AdminDep) -> dict[str, Any]:
+    user = await services.auth.create_user(body.username, body.password, body.role)
+    await audit(services, request, principal, "user.create", f"user:{user.username}", after={"role": user.role})
+    return user_public(user)
+
+
+@router.patch("/users/{user_id}")
+async def update_user(user_id: int, body: UserUpdate, request: Request, services: ServicesDep, principal: AdminDep) -> dict[str, Any]:
+    if user_id == principal.user_id and (body.role not in (None, "admin") or body.disabled):
+        raise BadRequest("admins cannot demote or disable themselves")
+    user, before = await services.auth.update_user(user_id, **body.model_dump())
+    after = {"role": user.role, "disabled": user.disabled, **({"password": "changed"} if body.password else {})}
+    await audit(services, request, principal, "user.update", f"user:{user.username}", before=before, after=after)
+    return user_public(user)
+
+
+@router.delete("/users/{user_id}")
+async def delete_user(user_id: int, request: Request, services: ServicesDep, principal: AdminDep) -> dict[str, Any]:
+    if user_id == principal.user_id:
+        raise BadRequest("admins cannot delete themselves")
+    user = await services.auth.delete_user(user_id)
+    await audit(services, request, principal, "user.delete", f"user:{user.username}", before={"role": user.role})
+    return user_public(user)
+
+
+# -------------------------------------------------------------------------- audit, usage
+
+@router.get("/audit")
+async def list_audit(
+    services: ServicesDep, principal: AdminDep, actor: str | None = None, action: str | None = None,
+    target: str | None = None, since: datetime | None = None, until: datetime | None = None,
+    limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0),
+) -> dict[str, Any]:
+    query = select(AuditEntry).order_by(AuditEntry.id.desc())
+    for column, value in ((AuditEntry.actor, actor), (AuditEntry.action, action), (AuditEntry.target, target)):
+        if value is not None:
+            query = query.where(column == value)
+    if since:
+        query = query.where(AuditEntry.time >= since)
+    if until:
+        query = query.where(AuditEntry.time < until)
+    async with services.sessions() as db:
+        rows = list(await db.scalars(query.limit(limit).offset(offset)))
+    return {"entries": [_row(r) for r in rows], "limit": limit, "offset": offset}
+
+
+@router.get("/usage")
+async def list_usage(
+    services: ServicesDep, principal: AdminDep, token_id: int | None = None, model: str | None = None,
+    username: str | None = None, since: datetime | None = None, until: datetime | None = None,
+    group_by: Literal["token", "model", "day"] | None = None,
+    limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0),
+) -> dict[str, Any]:
+    filters = []
+    for column, value in ((UsageEntry.token_id, token_id), (UsageEntry.model, model), (UsageEntry.username, username)):
+        if value is not None:
+            filters.append(column == value)
+    if since:
+        filters.append(UsageEntry.time >= since)
+    if until:
+        filters.append(UsageEntry.time < until)
+    async with services.sessions() as db:
+        if group_by is None:
+            query = select(UsageEntry).where(*filters).order_by(UsageEntry.id.desc()).limit(limit).offset(offset)
+            return {"entries": [_row(r) for r in await db.scalars(query)], "limit": limit, "offset": offset}
+        key = {"token": UsageEntry.token_id, "model": UsageEntry.model, "day": cast(UsageEntry.time, Date)}[group_by]
+        query = (
+            select(
+                key.label("key"), func.count().label("requests"),
+                func.coalesce(func.sum(UsageEntry.prompt_tokens), 0).label("prompt_tokens"),
+                func.coalesce(func.sum(UsageEntry.completion_tokens), 0).label("completion_tokens"),
+            )
+            .where(*filters).group_by(key).order_by(key)
+        )
+        groups = [dict(r._mapping) for r in (await db.execute(query)).all()]
+    return {"group_by": group_by, "groups": [{**g, "key": str(g["key"]) if g["key"] is not None else None} for g in groups]}
+
+
+def _row(row: Any) -> dict[str, Any]:
+    return {c.name: getattr(row, c.name) for c in row.__table__.columns}
+
+
+def _jsonable(data: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(data, default=str))  # type: ignore[no-any-return]
+
+
+# ------------------------------------------------------------------------------- config
+
+@router.post("/config/reload")
+async def reload_config(request: Request, services: ServicesDep, principal: AdminDep) -> dict[str, Any]:
+    from llamacontroller.config import ConfigError, load_settings
+
+    try:
+        fresh = load_settings(config_dir=services.settings.config_dir, data_dir=services.settings.data_dir)
+    except ConfigError as exc:
+        await audit(services, request, principal, "config.reload", "config", result=f"error: {exc}")
+        raise BadRequest(str(exc)) from None
+    changes = await services.supervisor.apply_models(fresh.models)
+    services.rebuild_gates()
+    await audit(services, request, principal, "config.reload", "config", after=changes)
+    return {"status": "reloaded", **changes}

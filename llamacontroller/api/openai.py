@@ -1,0 +1,92 @@
+"""OpenAI-compatible routes: the body goes to the engine as it came, the answer comes back as the
+engine sent it. Only the JSON `model` field is read, to route."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from llamacontroller.api.deps import InferenceDep, ServicesDep, parse_json_object, read_body
+from llamacontroller.api.dispatch import dispatch
+from llamacontroller.api.errors import Dialect
+from llamacontroller.errors import BadRequest, ModelNotFound
+from llamacontroller.supervisor.engine import Engine
+
+router = APIRouter(tags=["openai"])
+
+# What the client calls -> what the engine is asked. The llama-server extras go to the same path.
+PASSTHROUGH = {
+    "/v1/chat/completions": "/v1/chat/completions",
+    "/v1/completions": "/v1/completions",
+    "/v1/embeddings": "/v1/embeddings",
+    "/v1/rerank": "/v1/rerank",
+    "/tokenize": "/tokenize",
+    "/detokenize": "/detokenize",
+    "/apply-template": "/apply-template",
+}
+
+
+def _make_route(path: str, upstream: str) -> None:
+    async def proxy(request: Request, services: ServicesDep, principal: InferenceDep) -> Response:
+        body = await read_body(request)
+        payload = parse_json_object(body)
+        model = payload.get("model")
+        if model is not None and not isinstance(model, str):
+            raise BadRequest("'model' must be a string", param="model")
+        if not model:
+            model = _only_loaded_model(services, path)
+        return dispatch(
+            request,
+            services,
+            principal,
+            dialect=Dialect.OPENAI,
+            model=model,
+            upstream_path=upstream,
+            body=body,
+            stream=payload.get("stream") is True,
+        )
+
+    proxy.__name__ = "proxy_" + path.strip("/").replace("/", "_").replace("-", "_")
+    router.add_api_route(path, proxy, methods=["POST"], response_class=Response)
+
+
+for _path, _upstream in PASSTHROUGH.items():
+    _make_route(_path, _upstream)
+
+
+def _only_loaded_model(services: Any, path: str) -> str:
+    """The llama.cpp extras (/tokenize...) are often called without a model: use the one loaded."""
+    loaded = services.supervisor.loaded()
+    if not path.startswith("/v1/") and len(loaded) == 1:
+        return str(loaded[0].id)
+    raise BadRequest("'model' is required", param="model")
+
+
+def model_object(engine: Engine) -> dict[str, Any]:
+    return {
+        "id": engine.id,
+        "object": "model",
+        "created": int(time.time()),
+        "owned_by": "llamacontroller",
+        "name": engine.entry.name or engine.id,
+        "aliases": engine.entry.aliases,
+        "backend": engine.entry.backend,
+        "state": engine.state.value,
+    }
+
+
+@router.get("/v1/models")
+async def list_models(services: ServicesDep, principal: InferenceDep) -> dict[str, Any]:
+    engines = [e for e in services.supervisor.engines.values() if principal.may_use(e.id)]
+    return {"object": "list", "data": [model_object(e) for e in engines]}
+
+
+@router.get("/v1/models/{model_id:path}")
+async def get_model(model_id: str, services: ServicesDep, principal: InferenceDep) -> dict[str, Any]:
+    engine = services.supervisor.resolve(model_id)
+    if not principal.may_use(engine.id):
+        raise ModelNotFound(f"model {model_id!r} not found", param="model")
+    return model_object(engine)

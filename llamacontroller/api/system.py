@@ -1,0 +1,34 @@
+"""Liveness, readiness and metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from starlette.responses import JSONResponse, Response
+
+from llamacontroller.api.deps import ServicesDep
+
+router = APIRouter(tags=["system"])
+
+
+@router.get("/health")
+async def health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/ready")
+async def ready(services: ServicesDep) -> Response:
+    from llamacontroller.app import check_database
+
+    body: dict[str, Any] = {"status": "ready", "models": len(services.supervisor.engines)}
+    try:
+        await check_database(services)
+    except Exception as exc:  # noqa: BLE001 - any failure means "not ready", said plainly
+        return JSONResponse({"status": "not ready", "reason": f"database: {exc}"}, status_code=503)
+    return JSONResponse(body)
+
+
+@router.get("/metrics")
+async def metrics(services: ServicesDep) -> Response:
+    return Response(services.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")

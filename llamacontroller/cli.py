@@ -1,0 +1,301 @@
+"""`llamacontroller` command line. Every command reads the same settings as the server
+(LLAMACONTROLLER_* environment, config dir)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from llamacontroller import __version__
+from llamacontroller.config import ConfigError, Settings, load_settings
+from llamacontroller.errors import LlamaControllerError
+
+T = TypeVar("T")
+
+
+def _settings(config_dir: str | None = None) -> Settings:
+    try:
+        return load_settings(config_dir=config_dir)
+    except ConfigError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
+def _run(work: Callable[[Any], Awaitable[T]], settings: Settings) -> T:
+    """Open the database services the server uses (migrating first), run `work`, close."""
+    from llamacontroller.app import open_services
+
+    async def main() -> T:
+        services = await open_services(settings)
+        try:
+            return await work(services)
+        finally:
+            await services.db.dispose()
+
+    try:
+        return asyncio.run(main())
+    except LlamaControllerError as exc:
+        click.echo(f"error: {exc.message}", err=True)
+        sys.exit(1)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="llamacontroller")
+def main() -> None:
+    """LlamaController: one governed OpenAI- and Ollama-compatible endpoint for your models."""
+
+
+@main.command()
+def version() -> None:
+    """Print the version."""
+    click.echo(f"llamacontroller {__version__}")
+
+
+@main.command()
+@click.option("--host", default=None, help="Address to listen on [default: 127.0.0.1].")
+@click.option("--port", default=None, type=int, help="Port [default: 3000].")
+@click.option("--config-dir", default=None, help="Folder with the YAML config [default: config].")
+def serve(host: str | None, port: int | None, config_dir: str | None) -> None:
+    """Run the controller."""
+    import uvicorn
+
+    from llamacontroller.app import create_app
+    from llamacontroller.logs import setup_logging
+
+    try:
+        settings = load_settings(config_dir=config_dir, host=host, port=port)
+    except ConfigError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    setup_logging(settings.log_level)
+    app = create_app(settings)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,  # the usage log records every inference request; this would double it
+        proxy_headers=True,
+        forwarded_allow_ips=",".join(settings.auth.trusted_proxies),
+        timeout_graceful_shutdown=30,
+        loop="uvloop",
+        http="httptools",
+    )
+
+
+# --------------------------------------------------------------------------------- config
+
+@main.group()
+def config() -> None:
+    """Validate configuration."""
+
+
+@config.command("check")
+@click.option("--config-dir", default=None)
+def config_check(config_dir: str | None) -> None:
+    """Validate the YAML files; exit non-zero with the file, key and reason when invalid."""
+    from llamacontroller.supervisor.backends import llama_server_binary
+
+    settings = _settings(config_dir)
+    click.echo(f"{settings.config_dir}: valid ({len(settings.models.models)} model(s))")
+    for entry in settings.models.models:
+        if entry.path and not Path(entry.path).exists():
+            click.echo(f"warning: model {entry.id!r}: file {entry.path} does not exist (yet)")
+    binary = llama_server_binary(settings)
+    if not (Path(binary).exists() or shutil.which(binary)):
+        click.echo(f"warning: llama-server not found at {binary} (run `make setup` or set LLAMA_SERVER_BIN)")
+
+
+@config.command("schema")
+def config_schema() -> None:
+    """Print the JSON schema of the configuration."""
+    from llamacontroller.config import json_schema
+
+    click.echo(json.dumps(json_schema(), indent=2))
+
+
+# ---------------------------------------------------------------------------------- users
+
+@main.group()
+def users() -> None:
+    """Manage dashboard/API users."""
+
+
+def _read_password(password_stdin: bool) -> str:
+    if password_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    return str(click.prompt("Password", hide_input=True, confirmation_prompt=True))
+
+
+@users.command("create")
+@click.argument("name")
+@click.option("--role", type=click.Choice(["admin", "operator", "user"]), default="user", show_default=True)
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+def users_create(name: str, role: str, password_stdin: bool) -> None:
+    """Create a user."""
+    password = _read_password(password_stdin)
+
+    async def work(services: Any) -> None:
+        await services.auth.create_user(name, password, role)
+        await services.audit.record("user.create", actor="cli", target=f"user:{name}", after={"role": role})
+
+    _run(work, _settings())
+    click.echo(f"created {role} {name}")
+
+
+@users.command("list")
+def users_list() -> None:
+    """List users."""
+
+    async def work(services: Any) -> list[Any]:
+        return list(await services.auth.list_users())
+
+    for user in _run(work, _settings()):
+        flags = " (disabled)" if user.disabled else ""
+        click.echo(f"{user.id}\t{user.username}\t{user.role}{flags}")
+
+
+@users.command("passwd")
+@click.argument("name")
+@click.option("--password-stdin", is_flag=True)
+def users_passwd(name: str, password_stdin: bool) -> None:
+    """Set a user's password."""
+    password = _read_password(password_stdin)
+
+    async def work(services: Any) -> None:
+        user = await services.auth.get_user(name)
+        await services.auth.update_user(user.id, password=password)
+        await services.audit.record("user.update", actor="cli", target=f"user:{name}", after={"password": "changed"})
+
+    _run(work, _settings())
+    click.echo(f"password changed for {name}")
+
+
+@users.command("disable")
+@click.argument("name")
+def users_disable(name: str) -> None:
+    """Disable a user (their tokens stop working at once)."""
+
+    async def work(services: Any) -> None:
+        user = await services.auth.get_user(name)
+        await services.auth.update_user(user.id, disabled=True)
+        await services.audit.record("user.update", actor="cli", target=f"user:{name}", after={"disabled": True})
+
+    _run(work, _settings())
+    click.echo(f"disabled {name}")
+
+
+# --------------------------------------------------------------------------------- tokens
+
+@main.group()
+def tokens() -> None:
+    """Manage API tokens."""
+
+
+@tokens.command("create")
+@click.option("--user", "username", required=True)
+@click.option("--name", required=True, help="A label for the token.")
+@click.option("--scope", "scopes", multiple=True, type=click.Choice(["inference", "models:manage", "admin"]))
+@click.option("--model", "models", multiple=True, help="Restrict to these model ids (repeatable).")
+@click.option("--expires-in", default=None, help="e.g. 30d, 12h.")
+def tokens_create(username: str, name: str, scopes: tuple[str, ...], models: tuple[str, ...], expires_in: str | None) -> None:
+    """Create a token and print it once."""
+
+    async def work(services: Any) -> Any:
+        user = await services.auth.get_user(username)
+        ids = [services.supervisor.resolve(m).id for m in models]
+        created = await services.auth.create_token(user, name, list(scopes) or None, ids, expires_in)
+        await services.audit.record("token.create", actor="cli", target=f"token:{created.row.id}",
+                                    after={"name": name, "user": username, "scopes": created.row.scopes})
+        return created
+
+    created = _run(work, _settings())
+    click.echo(created.token)
+    click.echo(f"token {created.row.id} for {username} ({created.row.scopes}); it is shown only once", err=True)
+
+
+@tokens.command("list")
+def tokens_list() -> None:
+    """List tokens (never their values)."""
+
+    async def work(services: Any) -> list[Any]:
+        return list(await services.auth.list_tokens())
+
+    for row, username in _run(work, _settings()):
+        state = "revoked" if row.revoked_at else "active"
+        click.echo(f"{row.id}\t{row.prefix}…\t{row.name}\t{username}\t{row.scopes}\t{state}")
+
+
+@tokens.command("revoke")
+@click.argument("token_id", type=int)
+def tokens_revoke(token_id: int) -> None:
+    """Revoke a token."""
+
+    async def work(services: Any) -> None:
+        await services.auth.revoke_token(token_id)
+        await services.audit.record("token.revoke", actor="cli", target=f"token:{token_id}")
+
+    _run(work, _settings())
+    click.echo(f"revoked token {token_id}")
+
+
+# --------------------------------------------------------------------------------- models
+
+@main.group()
+def models() -> None:
+    """List, load and unload models on a running controller (LLAMACONTROLLER_TOKEN)."""
+
+
+def _api(method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    import httpx
+
+    settings = _settings()
+    url = os.environ.get("LLAMACONTROLLER_URL") or f"http://{settings.host}:{settings.port}{settings.root_path}"
+    token = os.environ.get("LLAMACONTROLLER_TOKEN")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        response = httpx.request(method, url + path, json=body, headers=headers, timeout=600)
+    except httpx.HTTPError as exc:
+        click.echo(f"error: cannot reach the controller at {url}: {exc}", err=True)
+        sys.exit(1)
+    data = response.json()
+    if response.status_code >= 400:
+        error = data.get("error", {})
+        click.echo(f"error: {error.get('message', data)}", err=True)
+        sys.exit(1)
+    return data
+
+
+@models.command("list")
+def models_list() -> None:
+    """Configured models and their state."""
+    if os.environ.get("LLAMACONTROLLER_TOKEN"):
+        for model in _api("GET", "/api/v1/models/status")["models"]:
+            click.echo(f"{model['id']}\t{model['backend']}\t{model['state']}")
+        return
+    for entry in _settings().models.models:
+        click.echo(f"{entry.id}\t{entry.backend}\t{entry.path or entry.url}")
+
+
+@models.command("load")
+@click.argument("model_id")
+def models_load(model_id: str) -> None:
+    """Load a model and wait until it is ready."""
+    status = _api("POST", "/api/v1/models/load", {"model_id": model_id})
+    click.echo(f"{status['id']}: {status['state']} (pid {status['pid']}, port {status['port']})")
+
+
+@models.command("unload")
+@click.argument("model_id")
+def models_unload(model_id: str) -> None:
+    """Unload a model after its in-flight requests finish."""
+    status = _api("POST", "/api/v1/models/unload", {"model_id": model_id})
+    click.echo(f"{status['id']}: {status['state']}")

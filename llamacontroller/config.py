@@ -1,0 +1,289 @@
+"""Typed configuration: three YAML files under the config dir, overridable by environment.
+
+Sources, strongest first: keyword arguments (tests, CLI flags), `LLAMACONTROLLER_*` environment
+variables (nested keys with `__`, e.g. `LLAMACONTROLLER_MODELS__MAX_LOADED_MODELS=1`), then
+`llamacpp-config.yaml`, `models-config.yaml` and `auth-config.yaml`. Every setting is documented in
+docs/configuration.md; `tests/unit/test_config.py` checks that the docs name each one.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+CONFIG_FILES = {
+    "llamacpp": "llamacpp-config.yaml",
+    "models": "models-config.yaml",
+    "auth": "auth-config.yaml",
+}
+
+Backend = Literal["llamacpp", "vllm", "tgi", "transformers", "remote"]
+_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$"
+_SIZE_UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used. The message names the file, the key path and why."""
+
+
+def parse_size(value: int | str) -> int:
+    """'8GiB', '512M', '1.5G' or a plain number of bytes -> bytes."""
+    if isinstance(value, int):
+        return value
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", value, re.IGNORECASE)
+    if not match:
+        raise ValueError(f"not a size: {value!r} (use e.g. 8GiB, 512M or a number of bytes)")
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).upper()])
+
+
+class _Strict(BaseModel):
+    # A misspelt key is an error, not a silently ignored setting.
+    model_config = ConfigDict(extra="forbid")
+
+
+class LlamaCppConfig(_Strict):
+    binary: str | None = Field(
+        None, description="Path to llama-server. LLAMA_SERVER_BIN overrides; else PATH, then the build cache."
+    )
+    default_args: list[str] = Field(
+        default_factory=list, description="Flags passed to every llama-server, before the model's own args."
+    )
+    start_timeout: float = Field(120.0, gt=0, description="Seconds an engine may take to become healthy.")
+    stop_timeout: float = Field(10.0, gt=0, description="Seconds between SIGTERM and SIGKILL.")
+    drain_timeout: float = Field(
+        60.0, ge=0, description="Seconds a stop or eviction waits for in-flight requests to finish."
+    )
+    restart_limit: int = Field(
+        3, ge=0, description="Automatic restarts after crashes allowed within restart_window."
+    )
+    restart_window: float = Field(300.0, gt=0, description="Window, in seconds, for restart_limit.")
+
+
+class ModelEntry(_Strict):
+    id: str = Field(pattern=_ID_PATTERN, description="What clients put in 'model'.")
+    name: str | None = Field(None, description="Display name.")
+    backend: Backend = Field("llamacpp", description="Which engine serves the model.")
+    path: str | None = Field(None, description="Model file (GGUF for llamacpp); relative to the working dir.")
+    url: str | None = Field(None, description="Base URL of an OpenAI-compatible upstream (backend: remote).")
+    aliases: list[str] = Field(default_factory=list, description="Other names clients may use.")
+    ctx_size: int = Field(4096, gt=0, description="Context size in tokens (llama-server -c).")
+    args: list[str] = Field(default_factory=list, description="Extra engine flags, as a list; never a shell.")
+    env: dict[str, str] = Field(default_factory=dict, description="Extra environment for the engine.")
+    ttl: float = Field(0, ge=0, description="Idle seconds before unload; 0 = never.")
+    max_concurrency: int = Field(4, gt=0, description="Requests in flight per model; more queue.")
+    queue_timeout: float = Field(30.0, ge=0, description="Seconds a request may wait for a slot before 429.")
+    gpus: list[int] = Field(default_factory=list, description="GPU indexes to pin the model to.")
+    start_timeout: float | None = Field(None, gt=0, description="Overrides llamacpp.start_timeout.")
+    embedding: bool = Field(False, description="Serve embeddings (adds --embeddings).")
+    reranking: bool = Field(False, description="Serve /v1/rerank (adds --reranking).")
+
+    @field_validator("aliases")
+    @classmethod
+    def _aliases_are_ids(cls, aliases: list[str]) -> list[str]:
+        for alias in aliases:
+            if not re.match(_ID_PATTERN, alias):
+                raise ValueError(f"alias {alias!r} is not a valid model name")
+        return aliases
+
+    @model_validator(mode="after")
+    def _backend_needs(self) -> ModelEntry:
+        if self.backend == "remote" and not self.url:
+            raise ValueError("backend 'remote' needs 'url'")
+        if self.backend != "remote" and not self.path:
+            raise ValueError(f"backend {self.backend!r} needs 'path'")
+        return self
+
+    @property
+    def names(self) -> list[str]:
+        return [self.id, *self.aliases]
+
+
+class ModelsConfig(_Strict):
+    models_dir: str = Field("data/models", description="Where model files are downloaded and looked up.")
+    max_loaded_models: int = Field(2, gt=0, description="Engines running at once.")
+    memory_budget: int | Literal["auto"] = Field(
+        "auto", description="Bytes (or '8GiB') engines may use; auto = available RAM (or VRAM)."
+    )
+    models: list[ModelEntry] = Field(default_factory=list, description="The models clients can ask for.")
+
+    @field_validator("memory_budget", mode="before")
+    @classmethod
+    def _size(cls, value: Any) -> Any:
+        return value if value == "auto" else parse_size(value)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> ModelsConfig:
+        seen: dict[str, str] = {}
+        for entry in self.models:
+            for name in entry.names:
+                key = name.lower().removesuffix(":latest")
+                if key in seen and seen[key] != entry.id:
+                    raise ValueError(f"model name {name!r} is used by both {seen[key]!r} and {entry.id!r}")
+                seen[key] = entry.id
+        return self
+
+
+class AuthConfig(_Strict):
+    require_api_token: bool = Field(True, description="False allows anonymous inference (never management).")
+    session_idle_timeout: float = Field(3600, gt=0, description="Dashboard session idle expiry, seconds.")
+    session_absolute_timeout: float = Field(43200, gt=0, description="Dashboard session hard expiry, seconds.")
+    lockout_threshold: int = Field(5, gt=0, description="Failed logins (per user or IP) before lockout.")
+    lockout_seconds: float = Field(300, gt=0, description="How long a lockout lasts.")
+    token_cache_ttl: float = Field(30, ge=0, description="Seconds a verified API token stays cached.")
+    trusted_proxies: list[str] = Field(
+        default_factory=lambda: ["127.0.0.1", "::1"],
+        description="Peers whose X-Forwarded-For / X-Forwarded-Proto headers are believed.",
+    )
+
+
+class _YamlFiles(PydanticBaseSettingsSource):
+    """Reads the three YAML files from the config dir, each into its own section."""
+
+    def __init__(self, settings_cls: type[BaseSettings], config_dir: Path) -> None:
+        super().__init__(settings_cls)
+        self.config_dir = config_dir
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ returns everything at once
+
+    def __call__(self) -> dict[str, Any]:
+        return {section: _read_yaml(self.config_dir / name) for section, name in CONFIG_FILES.items()}
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of settings")
+    return data
+
+
+class Settings(BaseSettings):
+    """Everything the controller is configured with, from YAML and the environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="LLAMACONTROLLER_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    config_dir: Path = Field(Path("config"), description="Folder holding the three YAML files.")
+    data_dir: Path = Field(Path("data"), description="Database, logs, models and run files.")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default the SQLite file in data_dir.")
+    host: str = "127.0.0.1"
+    port: int = Field(3000, ge=0, le=65535)
+    root_path: str = Field("", description="Path prefix when served behind a proxy at a sub-path.")
+    admin_password: SecretStr | None = Field(None, description="Password for the first-run admin user.")
+    llama_server_bin: str | None = Field(
+        None, validation_alias=AliasChoices("LLAMA_SERVER_BIN", "llama_server_bin")
+    )
+    log_level: str = "info"
+    ollama_version: str = Field("0.12.6", description="What GET /api/version reports.")
+
+    llamacpp: LlamaCppConfig = Field(default_factory=LlamaCppConfig)
+    models: ModelsConfig = Field(default_factory=ModelsConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        assert isinstance(init_settings, InitSettingsSource)
+        config_dir = init_settings.init_kwargs.get("config_dir") or os.environ.get(
+            "LLAMACONTROLLER_CONFIG_DIR", "config"
+        )
+        return init_settings, env_settings, _YamlFiles(settings_cls, Path(config_dir))
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'llamacontroller.db').resolve()}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build Settings, turning validation errors into one readable ConfigError."""
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, overrides)) from None
+
+
+def _describe(exc: ValidationError, overrides: dict[str, Any]) -> str:
+    config_dir = Path(
+        overrides.get("config_dir") or os.environ.get("LLAMACONTROLLER_CONFIG_DIR", "config")
+    )
+    raw = {section: _read_yaml(config_dir / name) for section, name in CONFIG_FILES.items()}
+    lines = []
+    for error in exc.errors():
+        loc = list(error["loc"])
+        section = loc[0] if loc else None
+        where = (
+            str(config_dir / CONFIG_FILES[section])
+            if isinstance(section, str) and section in CONFIG_FILES
+            else "environment"
+        )
+        lines.append(f"{where}: {_key_path(loc[1:] if where != 'environment' else loc, raw.get(str(section)))}: {error['msg']}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def _key_path(loc: list[Any], data: Any) -> str:
+    """('models', 0, 'backend') -> "models[0] (id 'smollm2').backend" so people find the entry."""
+    out = ""
+    node = data
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+            node = node[part] if isinstance(node, list) and part < len(node) else None
+            if isinstance(node, dict) and "id" in node:
+                out += f" (id {node['id']!r})"
+        elif part.startswith(("function-", "list[", "literal[", "union[")):
+            continue  # pydantic's internal validator names, not keys
+        else:
+            out += f".{part}" if out else str(part)
+            node = node.get(part) if isinstance(node, dict) else None
+    return out or "(top level)"
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON schema of the three YAML files (docs/config.schema.json is generated from this)."""
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "LlamaController configuration",
+        "description": "One schema per file under the config dir.",
+        "properties": {
+            name: model.model_json_schema()
+            for name, model in (
+                (CONFIG_FILES["llamacpp"], LlamaCppConfig),
+                (CONFIG_FILES["models"], ModelsConfig),
+                (CONFIG_FILES["auth"], AuthConfig),
+            )
+        },
+    }

@@ -1,0 +1,225 @@
+"""One proxied request, from waiting for a model slot to the last byte, for every dialect.
+
+An `UpstreamCall` is an ASGI response. Its whole life (queueing for a slot, starting the model,
+the upstream request, the body) runs as one task raced against the client's disconnect: when the
+client goes, the task is cancelled, the upstream connection is closed, and the engine stops
+generating. Errors before the first byte are rendered in the caller's dialect; after it they go
+in-band (the dialect's translator decides how) and the stream ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import aiohttp
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from llamacontroller.api.errors import Dialect, render
+from llamacontroller.errors import (
+    LlamaControllerError,
+    UpstreamError,
+    UpstreamTimeout,
+)
+from llamacontroller.proxy.limits import ModelGate
+from llamacontroller.proxy.usage import UsageTap
+from llamacontroller.supervisor.engine import Engine
+
+log = logging.getLogger(__name__)
+
+# Not forwarded: per-connection headers, and content-length (uvicorn frames the body itself).
+HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
+     "transfer-encoding", "upgrade", "content-length", "server", "date"}
+)
+STREAM_HEADERS = [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
+
+
+class Translator(Protocol):
+    """Turns the engine's OpenAI-dialect answer into another dialect, chunk by chunk."""
+
+    media_type: str
+
+    def feed(self, chunk: bytes) -> bytes: ...
+    def finish(self) -> bytes: ...
+    def error(self, status: int, body: bytes) -> tuple[int, bytes]: ...
+    def in_band_error(self, message: str) -> bytes: ...
+
+
+@dataclass
+class CallContext:
+    engine: Engine
+    gate: ModelGate
+    dialect: Dialect
+    endpoint: str  # what the client called, e.g. /api/chat
+    upstream_path: str  # what the engine is asked, e.g. /v1/chat/completions
+    body: bytes
+    request_id: str
+    stream: bool
+    record: Callable[[dict[str, Any]], None]  # gets the usage row at the end
+    http: aiohttp.ClientSession
+    headers: dict[str, str] = field(default_factory=dict)
+    translator: Translator | None = None
+    on_lease: Callable[[], None] | None = None  # e.g. Ollama's keep_alive, once the model is ready
+    timeout: float = 600.0
+
+
+class UpstreamCall(Response):
+    def __init__(self, ctx: CallContext) -> None:
+        super().__init__()  # status and headers come from the engine, in __call__
+        self.ctx = ctx
+        self.status = 0  # what the client got; 0 until the response starts
+        self.ttft: float | None = None
+        self.tap = UsageTap(stream=ctx.stream)
+        self.began = time.perf_counter()
+        self.error: str | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        work = asyncio.ensure_future(self._run(send))
+        listener = asyncio.ensure_future(_disconnected(receive))
+        try:
+            done, _ = await asyncio.wait({work, listener}, return_when=asyncio.FIRST_COMPLETED)
+            if work not in done:
+                # The client left: cancelling closes the upstream response, which makes
+                # llama-server abort the generation (its slot goes idle at once).
+                work.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await work
+                self.status = self.status or 499
+                self.error = "client disconnected"
+            else:
+                work.result()
+        finally:
+            listener.cancel()
+            self._record()
+
+    async def _run(self, send: Send) -> None:
+        ctx = self.ctx
+        started_body = False
+        try:
+            async with ctx.gate.slot():
+                with await ctx.engine.acquire() as lease:
+                    if ctx.on_lease:
+                        ctx.on_lease()
+                    async with self._post(lease.base_url) as upstream:
+                        started_body = True
+                        await self._relay(upstream, send)
+        except LlamaControllerError as exc:
+            if not started_body:
+                await self._send_error(send, exc)
+            else:
+                await self._in_band(send, exc.message)
+        except TimeoutError:  # before ClientError: aiohttp's ServerTimeoutError is both
+            error = UpstreamTimeout(f"engine for {ctx.engine.id!r} did not answer in {ctx.timeout:.0f}s")
+            if self.status == 0:
+                await self._send_error(send, error)
+            else:
+                await self._in_band(send, error.message)
+        except (aiohttp.ClientError, ConnectionError) as exc:
+            message = f"engine for {ctx.engine.id!r} failed: {type(exc).__name__}: {exc}".rstrip(": ")
+            if not started_body or self.status == 0:
+                await self._send_error(send, UpstreamError(message))
+            else:
+                await self._in_band(send, message)
+
+    def _post(self, base_url: str) -> Any:
+        ctx = self.ctx
+        headers = {"Content-Type": "application/json", "X-Request-ID": ctx.request_id, **ctx.headers}
+        return ctx.http.post(
+            base_url + ctx.upstream_path,
+            data=ctx.body,
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(total=None, sock_read=ctx.timeout),
+        )
+
+    async def _relay(self, upstream: aiohttp.ClientResponse, send: Send) -> None:
+        ctx = self.ctx
+        translator = ctx.translator
+        if translator is not None and upstream.status >= 400:
+            status, body = translator.error(upstream.status, await upstream.read())
+            self.status = status
+            self.error = body.decode("utf-8", "replace")[:500]
+            await send({"type": "http.response.start", "status": status,
+                        "headers": [(b"content-type", b"application/json"), *self._own_headers()]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        self.status = upstream.status
+        if translator is None:
+            # The engine's CORS headers are dropped: the controller, not the engine, faces browsers.
+            headers = [
+                (k.lower().encode(), v.encode())
+                for k, v in upstream.headers.items()
+                if k.lower() not in HOP_BY_HOP and not k.lower().startswith("access-control-")
+            ]
+        else:
+            headers = [(b"content-type", translator.media_type.encode())]
+        if ctx.stream:
+            present = {name for name, _ in headers}
+            headers.extend(h for h in STREAM_HEADERS if h[0] not in present)
+        headers.extend(self._own_headers())
+        await send({"type": "http.response.start", "status": self.status, "headers": headers})
+        tap = self.tap
+        async for chunk in upstream.content.iter_any():
+            if self.ttft is None:
+                self.ttft = time.perf_counter() - self.began
+            tap.feed(chunk)
+            out = translator.feed(chunk) if translator is not None else chunk
+            if out:
+                await send({"type": "http.response.body", "body": out, "more_body": True})
+        tail = translator.finish() if translator is not None else b""
+        await send({"type": "http.response.body", "body": tail})
+        if upstream.status >= 400:
+            self.error = tap.error_message()
+
+    def _own_headers(self) -> list[tuple[bytes, bytes]]:
+        return [(b"x-request-id", self.ctx.request_id.encode())]
+
+    async def _send_error(self, send: Send, exc: LlamaControllerError) -> None:
+        response = render(self.ctx.dialect, exc)
+        response.headers["x-request-id"] = self.ctx.request_id
+        self.status = exc.status
+        self.error = exc.message
+        await response({"type": "http"}, _no_receive, send)
+
+    async def _in_band(self, send: Send, message: str) -> None:
+        self.error = message
+        translator = self.ctx.translator
+        if translator is not None:
+            payload = translator.in_band_error(message)
+        else:
+            event = {"error": {"message": message, "type": "server_error", "param": None, "code": "upstream_error"}}
+            payload = b"data: " + json.dumps(event).encode() + b"\n\n"
+        with contextlib.suppress(Exception):  # the client may be gone too
+            await send({"type": "http.response.body", "body": payload, "more_body": False})
+
+    def _record(self) -> None:
+        prompt, completion = self.tap.tokens()
+        self.ctx.record(
+            {
+                "request_id": self.ctx.request_id,
+                "model": self.ctx.engine.id,
+                "endpoint": self.ctx.endpoint,
+                "dialect": self.ctx.dialect.value,
+                "status": self.status or 500,
+                "prompt_tokens": prompt,
+                "completion_tokens": completion,
+                "ttft_ms": round(self.ttft * 1000, 2) if self.ttft is not None else None,
+                "duration_ms": round((time.perf_counter() - self.began) * 1000, 2),
+            }
+        )
+
+
+async def _disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _no_receive() -> dict[str, Any]:
+    return {"type": "http.disconnect"}

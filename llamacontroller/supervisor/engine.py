@@ -1,0 +1,369 @@
+"""One model's engine: the single owner of its process and its state.
+
+Callers never act on a state they read earlier. They ask:
+- `acquire()` for a lease on a ready engine (starting it, or joining a start already under way);
+- `start()` to load without a request;
+- `stop()` to unload (joining a stop already under way).
+Starts and stops each run as one task the engine owns, so a caller that goes away (a client
+disconnecting mid-load) never leaves the engine half-way through a transition. Every state change
+goes through `_set`, which checks the table in states.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from llamacontroller.config import ModelEntry, Settings
+from llamacontroller.errors import DrainTimeout, LlamaControllerError, ModelUnavailable, StartFailed
+from llamacontroller.supervisor import backends, memory
+from llamacontroller.supervisor.logs import EngineLog
+from llamacontroller.supervisor.spawn import PidFiles, free_port, rss_bytes, spawn, terminate
+from llamacontroller.supervisor.states import TRANSITIONS, IllegalTransition, State
+
+log = logging.getLogger(__name__)
+
+Admit = Callable[["Engine"], Awaitable[None]]
+Changed = Callable[["Engine", State, State, str], None]
+
+
+class Lease:
+    """Permission for one request to use a ready engine. Release exactly once."""
+
+    __slots__ = ("_engine", "_released")
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._released = False
+
+    @property
+    def base_url(self) -> str:
+        return self._engine.base_url
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._engine._release()
+
+    def __enter__(self) -> Lease:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+class Engine:
+    def __init__(
+        self,
+        entry: ModelEntry,
+        settings: Settings,
+        *,
+        http: Callable[[], aiohttp.ClientSession],
+        pidfiles: PidFiles,
+        admit: Admit,
+        changed: Changed,
+    ) -> None:
+        self.entry = entry
+        self.settings = settings
+        self._http = http
+        self._pidfiles = pidfiles
+        self._admit = admit
+        self._changed_hook = changed
+        self.log = EngineLog(entry.id, settings.data_dir / "logs" / f"{_file_safe(entry.id)}.log")
+
+        self.state = State.STOPPED
+        self.reason = ""
+        self.last_error: str | None = None
+        self.last_exit_code: int | None = None
+        self.pid: int | None = None
+        self.port: int | None = None
+        self.base_url = entry.url.rstrip("/") if entry.url else ""
+        self.started_at: float | None = None  # wall clock, for uptime
+        self.load_seconds: float | None = None
+        self.in_flight = 0
+        self.last_used = time.monotonic()
+        self.ttl_override: float | None = None  # set per request by Ollama's keep_alive
+        self.estimate_bytes = (
+            memory.estimate_bytes(Path(entry.path), entry.ctx_size)
+            if entry.backend == "llamacpp" and entry.path
+            else None
+        )
+
+        self._proc: asyncio.subprocess.Process | None = None
+        self._start_task: asyncio.Task[None] | None = None
+        self._stop_task: asyncio.Task[None] | None = None
+        self._helpers: set[asyncio.Task[Any]] = set()  # output pump, exit watcher, restart timer
+        self._changed = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._crashes: deque[float] = deque()
+
+    # ----------------------------------------------------------------------------- public API
+
+    @property
+    def id(self) -> str:
+        return self.entry.id
+
+    @property
+    def has_process(self) -> bool:
+        return self.entry.backend != "remote"
+
+    @property
+    def ttl(self) -> float:
+        return self.ttl_override if self.ttl_override is not None else self.entry.ttl
+
+    def rss(self) -> int | None:
+        return rss_bytes(self.pid)
+
+    async def acquire(self) -> Lease:
+        """A lease on the ready engine, starting it if needed. Waits out a stop under way."""
+        while True:
+            if self.state is State.READY:
+                # No await between the check and the count: nothing can stop us in between.
+                self.in_flight += 1
+                self._idle.clear()
+                self.last_used = time.monotonic()
+                return Lease(self)
+            if self.state is State.STOPPING:
+                await self._changed.wait()
+                continue
+            await self.start()
+
+    async def start(self) -> None:
+        """Load the model (or join the load under way); raises StartFailed if it cannot."""
+        while self.state is State.STOPPING:
+            await self._changed.wait()
+        if self.state is State.READY:
+            return
+        if self.state in (State.STOPPED, State.FAILED):
+            self._set(State.STARTING, "requested")
+            self._start_task = asyncio.create_task(self._run_start(), name=f"start {self.id}")
+        assert self._start_task is not None
+        await asyncio.shield(self._start_task)
+        if self.state is State.FAILED:
+            raise StartFailed(f"model {self.id!r} failed to start: {self.last_error}")
+        if self.state is not State.READY:
+            raise ModelUnavailable(f"model {self.id!r} was unloaded while it was starting")
+
+    async def stop(self, *, drain: float, force: bool, reason: str) -> None:
+        """Unload: refuse new leases, wait up to `drain` for in-flight ones, then end the process.
+
+        With force=False a model still busy after `drain` stays loaded and DrainTimeout is
+        raised: a model with requests in flight is never killed for another.
+        """
+        if self._stop_task is None or self._stop_task.done():
+            self._stop_task = asyncio.create_task(
+                self._run_stop(drain, force, reason), name=f"stop {self.id}"
+            )
+        await asyncio.shield(self._stop_task)
+
+    def status(self) -> dict[str, Any]:
+        now = time.time()
+        return {
+            "id": self.id,
+            "name": self.entry.name or self.id,
+            "backend": self.entry.backend,
+            "state": self.state.value,
+            "reason": self.reason,
+            "pid": self.pid,
+            "port": self.port,
+            "uptime": round(now - self.started_at, 1) if self.started_at and self.state is State.READY else None,
+            "load_seconds": self.load_seconds,
+            "in_flight": self.in_flight,
+            "ttl": self.ttl,
+            "idle_seconds": round(time.monotonic() - self.last_used, 1),
+            "memory_estimate": self.estimate_bytes,
+            "memory_rss": self.rss(),
+            "last_error": self.last_error,
+            "last_exit_code": self.last_exit_code,
+            "last_log": [line.text for line in self.log.tail(10)] if self.state is State.FAILED else [],
+        }
+
+    async def close(self) -> None:
+        """Controller shutdown: end everything this engine owns."""
+        await self.close_after(0)
+
+    async def close_after(self, drain: float) -> None:
+        """Stop (letting in-flight requests finish for up to `drain` s) and end every helper."""
+        for task in list(self._helpers):
+            if task.get_name().startswith("restart"):
+                task.cancel()
+        with contextlib.suppress(LlamaControllerError):
+            await self.stop(drain=drain, force=True, reason="controller shutdown" if drain == 0 else "removed")
+        for task in list(self._helpers):
+            task.cancel()
+        await asyncio.gather(*self._helpers, return_exceptions=True)
+        self.log.close()
+
+    # ------------------------------------------------------------------------ transitions
+
+    def _set(self, new: State, reason: str = "") -> None:
+        old = self.state
+        if new not in TRANSITIONS[old]:
+            raise IllegalTransition(f"{self.id}: {old} -> {new}")
+        self.state, self.reason = new, reason
+        log.info("model %s: %s -> %s%s", self.id, old, new, f" ({reason})" if reason else "")
+        event, self._changed = self._changed, asyncio.Event()
+        event.set()
+        self._changed_hook(self, old, new, reason)
+
+    def _release(self) -> None:
+        self.in_flight -= 1
+        self.last_used = time.monotonic()
+        if self.in_flight == 0:
+            self._idle.set()
+
+    def _spawn_helper(self, coro: Awaitable[Any], name: str) -> None:
+        task = asyncio.ensure_future(coro)
+        task.set_name(f"{name} {self.id}")
+        self._helpers.add(task)
+        task.add_done_callback(self._helpers.discard)
+
+    # ----------------------------------------------------------------------------- start
+
+    async def _run_start(self) -> None:
+        """Never raises: the outcome is the state (READY or FAILED) and last_error."""
+        began = time.monotonic()
+        try:
+            if not self.has_process:
+                self._set(State.READY, "remote upstream")
+                return
+            await self._admit(self)
+            await self._launch()
+            self.load_seconds = round(time.monotonic() - began, 3)
+            self.last_error = None
+            self._set(State.READY, f"healthy after {self.load_seconds:.2f}s")
+        except asyncio.CancelledError:
+            return  # stop() cancelled the start; it owns the cleanup
+        except Exception as exc:  # noqa: BLE001 - every failure becomes the FAILED state
+            self.last_error = str(exc) if isinstance(exc, LlamaControllerError) else repr(exc)
+            await self._end_process()
+            self._set(State.FAILED, self.last_error)
+
+    async def _launch(self) -> None:
+        port = free_port()
+        launch = backends.build_launch(self.entry, self.settings, port)
+        self.log.append("$ " + " ".join(launch.argv))
+        try:
+            proc = await spawn(launch.argv, launch.env)
+        except OSError as exc:
+            raise StartFailed(f"cannot run {launch.argv[0]}: {exc.strerror or exc}") from None
+        self._proc, self.pid, self.port = proc, proc.pid, port
+        self.base_url = f"http://127.0.0.1:{port}"
+        self.started_at = time.time()
+        self._pidfiles.record(self.id, proc.pid, launch.argv)
+        self._spawn_helper(self._pump_output(proc), "output")
+        self._spawn_helper(self._watch(proc), "watch")
+        timeout = self.entry.start_timeout or self.settings.llamacpp.start_timeout
+        await self._wait_healthy(proc, launch.health_path, timeout)
+
+    async def _wait_healthy(self, proc: asyncio.subprocess.Process, path: str, timeout: float) -> None:
+        """Poll health every 20 ms, backing off to 250 ms; fail at once if the process exits."""
+        deadline = time.monotonic() + timeout
+        delay = 0.02
+        url = self.base_url + path
+        while True:
+            if proc.returncode is not None:
+                await asyncio.sleep(0.05)  # let the output pump catch the last lines
+                tail = " | ".join(line.text for line in self.log.tail(5))
+                raise StartFailed(f"engine exited with code {proc.returncode} while starting: {tail}")
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                async with self._http().get(url, timeout=aiohttp.ClientTimeout(total=2)) as response:
+                    if response.status == 200:
+                        return
+            if time.monotonic() > deadline:
+                raise StartFailed(f"engine not healthy after {timeout:.0f}s (start_timeout)")
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 0.25)
+
+    async def _pump_output(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdout is not None
+        while line := await proc.stdout.readline():
+            self.log.append(line.decode("utf-8", "replace").rstrip())
+
+    async def _watch(self, proc: asyncio.subprocess.Process) -> None:
+        code = await proc.wait()
+        if self._proc is not proc or self.state is not State.READY:
+            return  # an exit we caused (stop) or one the start path reports itself
+        # A crash: in-flight requests see their upstream connection drop and get a 502 at once.
+        self._pidfiles.forget(self.id)
+        self._proc, self.pid, self.port = None, None, None
+        self.last_exit_code = code
+        await asyncio.sleep(0.05)  # the output pump's last lines belong in the error
+        self.last_error = f"engine exited unexpectedly with code {code}"
+        self._set(State.FAILED, self.last_error)
+        self._schedule_restart()
+
+    def _schedule_restart(self) -> None:
+        now = time.monotonic()
+        window = self.settings.llamacpp.restart_window
+        while self._crashes and now - self._crashes[0] > window:
+            self._crashes.popleft()
+        if len(self._crashes) >= self.settings.llamacpp.restart_limit:
+            self.log.append(f"[controller] not restarting: {len(self._crashes)} crashes within {window:.0f}s")
+            return
+        delay = min(0.5 * 2 ** len(self._crashes), 30.0)
+        self._crashes.append(now)
+        self._spawn_helper(self._restart_later(delay), "restart")
+
+    async def _restart_later(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        if self.state is State.FAILED:
+            with contextlib.suppress(LlamaControllerError):
+                await self.start()
+
+    # ------------------------------------------------------------------------------ stop
+
+    async def _run_stop(self, drain: float, force: bool, reason: str) -> None:
+        while self.state is State.STOPPING:  # a stop of another kind is finishing
+            await self._changed.wait()
+        if self.state is State.STOPPED:
+            return
+        if self.state is State.FAILED:
+            self._set(State.STOPPED, reason)
+            return
+        if self.state is State.STARTING:
+            self._set(State.STOPPING, reason)
+            assert self._start_task is not None
+            self._start_task.cancel()
+            await asyncio.wait([self._start_task])
+            await self._end_process()
+            self._set(State.STOPPED, reason)
+            return
+        self._set(State.STOPPING, reason)
+        if self.in_flight:
+            try:
+                await asyncio.wait_for(self._idle.wait(), drain)
+            except TimeoutError:
+                if not force:
+                    busy = self.in_flight
+                    self._set(State.READY, "stop refused: still busy")
+                    raise DrainTimeout(
+                        f"model {self.id!r} still has {busy} request(s) in flight after {drain:.0f}s",
+                        retry_after=5,
+                    ) from None
+        await self._end_process()
+        self._set(State.STOPPED, reason)
+
+    async def _end_process(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            self.last_exit_code = await terminate(proc, self.settings.llamacpp.stop_timeout)
+            self.log.append(f"[controller] engine exited with code {self.last_exit_code}")
+        self._pidfiles.forget(self.id)
+        self.pid = self.port = None
+        self.started_at = None
+        if self.has_process:
+            self.base_url = ""
+
+
+def _file_safe(model_id: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in model_id)

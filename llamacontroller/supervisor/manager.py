@@ -1,0 +1,236 @@
+"""The supervisor: every configured model's Engine, admission, idle unloads and events.
+
+It decides *which* engines run (admission and eviction through the pure `plan_eviction`); each
+Engine alone decides *how* its own process starts and stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+
+from llamacontroller.config import ModelEntry, ModelsConfig, Settings
+from llamacontroller.errors import (
+    DrainTimeout,
+    InsufficientMemory,
+    LlamaControllerError,
+    ModelNotFound,
+    ModelUnavailable,
+)
+from llamacontroller.supervisor import memory
+from llamacontroller.supervisor.engine import Engine
+from llamacontroller.supervisor.eviction import Candidate, plan_eviction
+from llamacontroller.supervisor.spawn import PidFiles
+from llamacontroller.supervisor.states import LOADED, State
+
+log = logging.getLogger(__name__)
+
+TTL_TICK = 0.25
+
+
+def model_key(name: str) -> str:
+    """Names are case-insensitive, and `x` and `x:latest` are the same model (Ollama's habit)."""
+    return name.strip().lower().removesuffix(":latest")
+
+
+class Supervisor:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.pidfiles = PidFiles(settings.data_dir / "run")
+        self.engines: dict[str, Engine] = {}
+        self._names: dict[str, Engine] = {}
+        self._admission = asyncio.Lock()
+        self._subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
+        self._session: aiohttp.ClientSession | None = None
+        self._ttl_task: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
+        for entry in settings.models.models:
+            self._add(entry)
+
+    def _add(self, entry: ModelEntry) -> None:
+        engine = Engine(
+            entry,
+            self.settings,
+            http=self.http,
+            pidfiles=self.pidfiles,
+            admit=self._admit,
+            changed=self._publish,
+        )
+        self.engines[entry.id] = engine
+        for name in entry.names:
+            self._names[model_key(name)] = engine
+
+    # ------------------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        killed = self.pidfiles.reap()
+        if killed:
+            log.warning("reaped %d engine(s) left by a previous run: %s", len(killed), killed)
+        self._ttl_task = asyncio.create_task(self._unload_idle(), name="ttl")
+
+    async def close(self) -> None:
+        if self._ttl_task:
+            self._ttl_task.cancel()
+            await asyncio.gather(self._ttl_task, return_exceptions=True)
+        await asyncio.gather(*(e.close() for e in self.engines.values()), return_exceptions=True)
+        await asyncio.gather(*self._background, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+
+    def http(self) -> aiohttp.ClientSession:
+        """The pooled client used for health checks and for proxying to every engine."""
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=None)
+            self._session = aiohttp.ClientSession(
+                connector=connector, timeout=aiohttp.ClientTimeout(total=None), auto_decompress=False
+            )
+        return self._session
+
+    # --------------------------------------------------------------------------- queries
+
+    def resolve(self, name: str | None) -> Engine:
+        if not name:
+            raise ModelNotFound("no model given", param="model")
+        engine = self._names.get(model_key(name))
+        if engine is None:
+            raise ModelNotFound(f"model {name!r} not found", param="model")
+        return engine
+
+    def status(self) -> list[dict[str, Any]]:
+        return [engine.status() for engine in self.engines.values()]
+
+    def loaded(self) -> list[Engine]:
+        return [e for e in self.engines.values() if e.state is State.READY]
+
+    # ---------------------------------------------------------------------------- actions
+
+    async def load(self, model_id: str) -> Engine:
+        engine = self.resolve(model_id)
+        await engine.start()
+        return engine
+
+    async def unload(self, model_id: str, *, force: bool = True) -> Engine:
+        engine = self.resolve(model_id)
+        await engine.stop(drain=self.settings.llamacpp.drain_timeout, force=force, reason="unload requested")
+        return engine
+
+    async def switch(self, from_id: str | None, to_id: str) -> Engine:
+        """Stop `from` once its in-flight requests finish, then make `to` ready.
+
+        Requests for `to` arriving meanwhile wait for it; nothing in flight on `from` fails.
+        Without `from`, every other loaded model is switched away from.
+        """
+        target = self.resolve(to_id)
+        sources = [self.resolve(from_id)] if from_id else [
+            e for e in self.engines.values() if e is not target and e.state in LOADED and e.has_process
+        ]
+        drain = self.settings.llamacpp.drain_timeout
+        await asyncio.gather(
+            *(s.stop(drain=drain, force=False, reason=f"switching to {target.id}") for s in sources if s is not target)
+        )
+        await target.start()
+        return target
+
+    async def apply_models(self, models: ModelsConfig) -> dict[str, list[str]]:
+        """Config reload: add new models, stop and drop removed ones, restart changed ones
+        (after their in-flight requests drain) so the next request starts the new definition."""
+        wanted = {entry.id: entry for entry in models.models}
+        removed = [m for m in self.engines if m not in wanted]
+        changed = [m for m, e in wanted.items() if m in self.engines and self.engines[m].entry != e]
+        added = [m for m in wanted if m not in self.engines]
+        drain = self.settings.llamacpp.drain_timeout
+        for model_id in removed + changed:
+            await self.engines.pop(model_id).close_after(drain)
+        self.settings.models = models
+        self._names.clear()
+        for model_id in changed + added:
+            self._add(wanted[model_id])
+        for engine in self.engines.values():
+            for name in engine.entry.names:
+                self._names[model_key(name)] = engine
+        return {"added": added, "removed": removed, "changed": changed}
+
+    # ------------------------------------------------------------------------- admission
+
+    async def _admit(self, engine: Engine) -> None:
+        """Make room for `engine`: stop idle models LRU first; wait for busy ones to drain."""
+        async with self._admission:
+            running = [
+                e for e in self.engines.values()
+                if e is not engine and e.has_process and e.state in LOADED
+            ]
+            need = engine.estimate_bytes or 0
+            plan = plan_eviction(
+                [Candidate(e.id, e.rss() or e.estimate_bytes or 0, e.in_flight, e.last_used) for e in running],
+                need_bytes=need,
+                free_bytes=self._free_bytes(running),
+                max_loaded=self.settings.models.max_loaded_models,
+            )
+            if not plan.fits:
+                raise InsufficientMemory(f"not enough memory for {engine.id!r}: {plan.reason}", retry_after=30)
+            drain = self.settings.llamacpp.drain_timeout
+            for victim_id in plan.victims:
+                victim = self.engines[victim_id]
+                try:
+                    await victim.stop(drain=drain, force=False, reason=f"evicted for {engine.id}")
+                except DrainTimeout as exc:
+                    raise ModelUnavailable(
+                        f"cannot load {engine.id!r} now: {exc.message}; retry later", retry_after=10
+                    ) from None
+
+    def _free_bytes(self, running: list[Engine]) -> int:
+        budget = self.settings.models.memory_budget
+        if budget == "auto":
+            # Engines still loading have not touched all their pages yet; count what they will.
+            pending = sum(max(0, (e.estimate_bytes or 0) - (e.rss() or 0)) for e in running)
+            return memory.available_bytes() - pending
+        return budget - sum(e.estimate_bytes or 0 for e in running)
+
+    # ----------------------------------------------------------------------- idle unload
+
+    async def _unload_idle(self) -> None:
+        while True:
+            await asyncio.sleep(TTL_TICK)
+            now = time.monotonic()
+            for engine in self.engines.values():
+                if (
+                    engine.state is State.READY
+                    and engine.has_process
+                    and engine.ttl > 0
+                    and engine.in_flight == 0
+                    and now - engine.last_used >= engine.ttl
+                ):
+                    self._in_background(engine.stop(drain=0, force=False, reason=f"idle for {engine.ttl:g}s"))
+
+    def _in_background(self, coro: Any) -> None:
+        async def run() -> None:
+            with contextlib.suppress(LlamaControllerError):  # e.g. a request arrived: stays loaded
+                await coro
+
+        task = asyncio.create_task(run())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # ---------------------------------------------------------------------------- events
+
+    def _publish(self, engine: Engine, old: State, new: State, reason: str) -> None:
+        event = {"type": "model_state", "model": engine.id, "from": old.value, "to": new.value,
+                 "reason": reason, "time": time.time()}
+        for queue in self._subscribers:
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(event)
+
+    async def events(self) -> AsyncIterator[dict[str, Any]]:
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=1000)
+        self._subscribers.add(queue)
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            self._subscribers.discard(queue)

@@ -1,0 +1,188 @@
+"""Start the real controller (and, for comparisons, a bare llama-server) on free ports."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ROOT / "data" / "models"
+SMOLLM2 = MODELS / "SmolLM2-135M-Instruct.Q4_1.gguf"
+GEMMA3 = MODELS / "gemma-3-270m-q4_k_m.gguf"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def llama_server_bin() -> str:
+    from llamacontroller.paths import llama_server_cache_binary
+
+    explicit = os.environ.get("LLAMA_SERVER_BIN")
+    return explicit or str(llama_server_cache_binary())
+
+
+def model_entry(model_id: str, path: Path, **extra: Any) -> dict[str, Any]:
+    return {"id": model_id, "backend": "llamacpp", "path": str(path), "ctx_size": 2048,
+            "ttl": 0, "max_concurrency": 4, **extra}
+
+
+def default_models() -> list[dict[str, Any]]:
+    return [
+        model_entry("smollm2-135m", SMOLLM2, aliases=["smollm2"]),
+        model_entry("gemma3-270m", GEMMA3, aliases=["gemma3"]),
+    ]
+
+
+def engine_pids() -> list[int]:
+    """Every llama-server on the machine (tests run one at a time, so they are ours)."""
+    return [p.pid for p in psutil.process_iter(["name"]) if p.info["name"] == "llama-server"]
+
+
+@dataclass
+class Controller:
+    root: Path
+    port: int
+    proc: subprocess.Popen[bytes]
+    admin_password: str
+    env: dict[str, str]
+    tokens: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "llamacontroller", *args],
+            env=self.env, cwd=self.root, input=stdin, capture_output=True, text=True, timeout=120,
+        )
+
+    def token(self, name: str = "admin", user: str = "admin", *extra: str) -> str:
+        if name not in self.tokens:
+            result = self.cli("tokens", "create", "--user", user, "--name", name, *extra)
+            assert result.returncode == 0, result.stderr
+            self.tokens[name] = result.stdout.strip()
+        return self.tokens[name]
+
+    def headers(self, token: str | None = None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token or self.token()}"}
+
+    def client(self, token: str | None = None, timeout: float = 120) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers=self.headers(token), timeout=timeout)
+
+    def log(self) -> str:
+        return (self.root / "controller.log").read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 40) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def write_config(root: Path, models: list[dict[str, Any]], *, max_loaded: int = 2,
+                 llamacpp: dict[str, Any] | None = None, auth: dict[str, Any] | None = None) -> Path:
+    config = root / "config"
+    config.mkdir(parents=True, exist_ok=True)
+    (config / "models-config.yaml").write_text(
+        yaml.safe_dump({"max_loaded_models": max_loaded, "models": models})
+    )
+    (config / "llamacpp-config.yaml").write_text(
+        yaml.safe_dump({"default_args": ["--threads", "2"], "start_timeout": 60, "stop_timeout": 5,
+                        "drain_timeout": 30, **(llamacpp or {})})
+    )
+    (config / "auth-config.yaml").write_text(yaml.safe_dump(auth or {}))
+    return config
+
+
+def start_controller(root: Path, models: list[dict[str, Any]] | None = None, *,
+                     extra_env: dict[str, str] | None = None, **config: Any) -> Controller:
+    write_config(root, default_models() if models is None else models, **config)
+    port = free_port()
+    password = "test-admin-password"
+    env = {
+        **os.environ,
+        "LLAMACONTROLLER_CONFIG_DIR": str(root / "config"),
+        "LLAMACONTROLLER_DATA_DIR": str(root / "data"),
+        "LLAMACONTROLLER_PORT": str(port),
+        "LLAMACONTROLLER_ADMIN_PASSWORD": password,
+        "LLAMA_SERVER_BIN": llama_server_bin(),
+        **(extra_env or {}),
+    }
+    log = (root / "controller.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llamacontroller", "serve"],
+        env=env, cwd=root, stdout=log, stderr=subprocess.STDOUT,
+    )
+    controller = Controller(root, port, proc, password, env)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"controller exited with {proc.returncode}:\n{controller.log()}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{controller.url}/health", timeout=1).status_code == 200:
+                return controller
+        time.sleep(0.1)
+    controller.stop(signal.SIGKILL)
+    raise RuntimeError(f"controller did not become healthy:\n{controller.log()}")
+
+
+@contextlib.contextmanager
+def running_controller(root: Path, **kwargs: Any) -> Iterator[Controller]:
+    controller = start_controller(root, **kwargs)
+    try:
+        yield controller
+    finally:
+        controller.stop()
+        wait_no_engines()
+
+
+def wait_no_engines(timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while engine_pids() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = engine_pids()
+    assert not left, f"engine processes outlived the controller: {left}"
+
+
+@contextlib.contextmanager
+def bare_llama_server(model: Path, *args: str) -> Iterator[str]:
+    """A llama-server of our own, to compare the controller against a direct connection."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [llama_server_bin(), "--host", "127.0.0.1", "--port", str(port), "-m", str(model),
+         "-c", "2048", "--threads", "2", "--no-webui", *args],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            time.sleep(0.05)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
