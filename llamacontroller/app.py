@@ -50,7 +50,9 @@ class Services:
             entry = engine.entry
             gate = self.gates.get(entry.id)
             if gate is None or gate.limit != entry.max_concurrency or gate.queue_timeout != entry.queue_timeout:
-                self.gates[entry.id] = ModelGate(entry.id, entry.max_concurrency, entry.queue_timeout, self.queue_budget)
+                self.gates[entry.id] = ModelGate(
+                    entry.id, entry.max_concurrency, entry.queue_timeout, self.queue_budget
+                )
 
     async def record_usage(self, row: dict[str, Any]) -> None:
         self.usage.add(**row)

@@ -93,6 +93,7 @@ def serve(host: str | None, port: int | None, config_dir: str | None) -> None:
 
 # --------------------------------------------------------------------------------- config
 
+
 @main.group()
 def config() -> None:
     """Validate configuration."""
@@ -123,6 +124,7 @@ def config_schema() -> None:
 
 
 # ---------------------------------------------------------------------------------- users
+
 
 @main.group()
 def users() -> None:
@@ -195,6 +197,7 @@ def users_disable(name: str) -> None:
 
 # --------------------------------------------------------------------------------- tokens
 
+
 @main.group()
 def tokens() -> None:
     """Manage API tokens."""
@@ -206,15 +209,21 @@ def tokens() -> None:
 @click.option("--scope", "scopes", multiple=True, type=click.Choice(["inference", "models:manage", "admin"]))
 @click.option("--model", "models", multiple=True, help="Restrict to these model ids (repeatable).")
 @click.option("--expires-in", default=None, help="e.g. 30d, 12h.")
-def tokens_create(username: str, name: str, scopes: tuple[str, ...], models: tuple[str, ...], expires_in: str | None) -> None:
+def tokens_create(
+    username: str, name: str, scopes: tuple[str, ...], models: tuple[str, ...], expires_in: str | None
+) -> None:
     """Create a token and print it once."""
 
     async def work(services: Any) -> Any:
         user = await services.auth.get_user(username)
         ids = [services.supervisor.resolve(m).id for m in models]
         created = await services.auth.create_token(user, name, list(scopes) or None, ids, expires_in)
-        await services.audit.record("token.create", actor="cli", target=f"token:{created.row.id}",
-                                    after={"name": name, "user": username, "scopes": created.row.scopes})
+        await services.audit.record(
+            "token.create",
+            actor="cli",
+            target=f"token:{created.row.id}",
+            after={"name": name, "user": username, "scopes": created.row.scopes},
+        )
         return created
 
     created = _run(work, _settings())
@@ -248,6 +257,7 @@ def tokens_revoke(token_id: int) -> None:
 
 
 # --------------------------------------------------------------------------------- models
+
 
 @main.group()
 def models() -> None:

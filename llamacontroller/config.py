@@ -73,9 +73,7 @@ class LlamaCppConfig(_Strict):
     drain_timeout: float = Field(
         60.0, ge=0, description="Seconds a stop or eviction waits for in-flight requests to finish."
     )
-    restart_limit: int = Field(
-        3, ge=0, description="Automatic restarts after crashes allowed within restart_window."
-    )
+    restart_limit: int = Field(3, ge=0, description="Automatic restarts after crashes allowed within restart_window.")
     restart_window: float = Field(300.0, gt=0, description="Window, in seconds, for restart_limit.")
 
 
@@ -187,9 +185,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 class Settings(BaseSettings):
     """Everything the controller is configured with, from YAML and the environment."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="LLAMACONTROLLER_", env_nested_delimiter="__", extra="ignore"
-    )
+    model_config = SettingsConfigDict(env_prefix="LLAMACONTROLLER_", env_nested_delimiter="__", extra="ignore")
 
     config_dir: Path = Field(Path("config"), description="Folder holding the three YAML files.")
     data_dir: Path = Field(Path("data"), description="Database, logs, models and run files.")
@@ -198,9 +194,7 @@ class Settings(BaseSettings):
     port: int = Field(3000, ge=0, le=65535)
     root_path: str = Field("", description="Path prefix when served behind a proxy at a sub-path.")
     admin_password: SecretStr | None = Field(None, description="Password for the first-run admin user.")
-    llama_server_bin: str | None = Field(
-        None, validation_alias=AliasChoices("LLAMA_SERVER_BIN", "llama_server_bin")
-    )
+    llama_server_bin: str | None = Field(None, validation_alias=AliasChoices("LLAMA_SERVER_BIN", "llama_server_bin"))
     log_level: str = "info"
     ollama_version: str = Field("0.12.6", description="What GET /api/version reports.")
 
@@ -237,9 +231,7 @@ def load_settings(**overrides: Any) -> Settings:
 
 
 def _describe(exc: ValidationError, overrides: dict[str, Any]) -> str:
-    config_dir = Path(
-        overrides.get("config_dir") or os.environ.get("LLAMACONTROLLER_CONFIG_DIR", "config")
-    )
+    config_dir = Path(overrides.get("config_dir") or os.environ.get("LLAMACONTROLLER_CONFIG_DIR", "config"))
     raw = {section: _read_yaml(config_dir / name) for section, name in CONFIG_FILES.items()}
     lines = []
     for error in exc.errors():
@@ -250,7 +242,9 @@ def _describe(exc: ValidationError, overrides: dict[str, Any]) -> str:
             if isinstance(section, str) and section in CONFIG_FILES
             else "environment"
         )
-        lines.append(f"{where}: {_key_path(loc[1:] if where != 'environment' else loc, raw.get(str(section)))}: {error['msg']}")
+        lines.append(
+            f"{where}: {_key_path(loc[1:] if where != 'environment' else loc, raw.get(str(section)))}: {error['msg']}"
+        )
     return "invalid configuration:\n  " + "\n  ".join(lines)
 
 

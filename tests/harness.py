@@ -38,8 +38,15 @@ def llama_server_bin() -> str:
 
 
 def model_entry(model_id: str, path: Path, **extra: Any) -> dict[str, Any]:
-    return {"id": model_id, "backend": "llamacpp", "path": str(path), "ctx_size": 2048,
-            "ttl": 0, "max_concurrency": 4, **extra}
+    return {
+        "id": model_id,
+        "backend": "llamacpp",
+        "path": str(path),
+        "ctx_size": 2048,
+        "ttl": 0,
+        "max_concurrency": 4,
+        **extra,
+    }
 
 
 def default_models() -> list[dict[str, Any]]:
@@ -49,9 +56,19 @@ def default_models() -> list[dict[str, Any]]:
     ]
 
 
-def engine_pids() -> list[int]:
-    """Every llama-server on the machine (tests run one at a time, so they are ours)."""
-    return [p.pid for p in psutil.process_iter(["name"]) if p.info["name"] == "llama-server"]
+def engine_pids(data_dir: Path | None = None) -> list[int]:
+    """llama-servers on the machine; with data_dir, only those a controller using it started
+    (engines inherit the controller's environment)."""
+    found = []
+    for proc in psutil.process_iter(["name"]):
+        if proc.info["name"] != "llama-server":
+            continue
+        try:
+            if data_dir is None or proc.environ().get("LLAMACONTROLLER_DATA_DIR") == str(data_dir):
+                found.append(proc.pid)
+        except psutil.Error:
+            continue
+    return found
 
 
 @dataclass
@@ -61,7 +78,15 @@ class Controller:
     proc: subprocess.Popen[bytes]
     admin_password: str
     env: dict[str, str]
+    log_file: Any = None
     tokens: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    def engines(self) -> list[int]:
+        return engine_pids(self.data_dir)
 
     @property
     def url(self) -> str:
@@ -70,7 +95,12 @@ class Controller:
     def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "llamacontroller", *args],
-            env=self.env, cwd=self.root, input=stdin, capture_output=True, text=True, timeout=120,
+            env=self.env,
+            cwd=self.root,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
 
     def token(self, name: str = "admin", user: str = "admin", *extra: str) -> str:
@@ -97,26 +127,40 @@ class Controller:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self.log_file is not None:
+            self.log_file.close()
         return self.proc.returncode
 
 
-def write_config(root: Path, models: list[dict[str, Any]], *, max_loaded: int = 2,
-                 llamacpp: dict[str, Any] | None = None, auth: dict[str, Any] | None = None) -> Path:
+def write_config(
+    root: Path,
+    models: list[dict[str, Any]],
+    *,
+    max_loaded: int = 2,
+    llamacpp: dict[str, Any] | None = None,
+    auth: dict[str, Any] | None = None,
+) -> Path:
     config = root / "config"
     config.mkdir(parents=True, exist_ok=True)
-    (config / "models-config.yaml").write_text(
-        yaml.safe_dump({"max_loaded_models": max_loaded, "models": models})
-    )
+    (config / "models-config.yaml").write_text(yaml.safe_dump({"max_loaded_models": max_loaded, "models": models}))
     (config / "llamacpp-config.yaml").write_text(
-        yaml.safe_dump({"default_args": ["--threads", "2"], "start_timeout": 60, "stop_timeout": 5,
-                        "drain_timeout": 30, **(llamacpp or {})})
+        yaml.safe_dump(
+            {
+                "default_args": ["--threads", "2"],
+                "start_timeout": 60,
+                "stop_timeout": 5,
+                "drain_timeout": 30,
+                **(llamacpp or {}),
+            }
+        )
     )
     (config / "auth-config.yaml").write_text(yaml.safe_dump(auth or {}))
     return config
 
 
-def start_controller(root: Path, models: list[dict[str, Any]] | None = None, *,
-                     extra_env: dict[str, str] | None = None, **config: Any) -> Controller:
+def start_controller(
+    root: Path, models: list[dict[str, Any]] | None = None, *, extra_env: dict[str, str] | None = None, **config: Any
+) -> Controller:
     write_config(root, default_models() if models is None else models, **config)
     port = free_port()
     password = "test-admin-password"
@@ -132,9 +176,12 @@ def start_controller(root: Path, models: list[dict[str, Any]] | None = None, *,
     log = (root / "controller.log").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "llamacontroller", "serve"],
-        env=env, cwd=root, stdout=log, stderr=subprocess.STDOUT,
+        env=env,
+        cwd=root,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
-    controller = Controller(root, port, proc, password, env)
+    controller = Controller(root, port, proc, password, env, log)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -154,14 +201,14 @@ def running_controller(root: Path, **kwargs: Any) -> Iterator[Controller]:
         yield controller
     finally:
         controller.stop()
-        wait_no_engines()
+        wait_no_engines(controller.data_dir)
 
 
-def wait_no_engines(timeout: float = 10) -> None:
+def wait_no_engines(data_dir: Path, timeout: float = 10) -> None:
     deadline = time.monotonic() + timeout
-    while engine_pids() and time.monotonic() < deadline:
+    while engine_pids(data_dir) and time.monotonic() < deadline:
         time.sleep(0.1)
-    left = engine_pids()
+    left = engine_pids(data_dir)
     assert not left, f"engine processes outlived the controller: {left}"
 
 
@@ -170,9 +217,24 @@ def bare_llama_server(model: Path, *args: str) -> Iterator[str]:
     """A llama-server of our own, to compare the controller against a direct connection."""
     port = free_port()
     proc = subprocess.Popen(
-        [llama_server_bin(), "--host", "127.0.0.1", "--port", str(port), "-m", str(model),
-         "-c", "2048", "--threads", "2", "--no-webui", *args],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [
+            llama_server_bin(),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "-m",
+            str(model),
+            "-c",
+            "2048",
+            "--threads",
+            "2",
+            "--no-webui",
+            *args,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
     try:

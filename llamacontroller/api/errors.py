@@ -81,7 +81,7 @@ def render(dialect: Dialect, exc: LlamaControllerError) -> Response:
 def _path(request: Request) -> str:
     root = request.scope.get("root_path", "")
     path: str = request.scope["path"]
-    return path[len(root):] if root and path.startswith(root) else path
+    return path[len(root) :] if root and path.startswith(root) else path
 
 
 def install(app: FastAPI) -> None:
@@ -95,15 +95,19 @@ def install(app: FastAPI) -> None:
             f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}" for e in exc.errors()
         )
         first = exc.errors()[0]["loc"][-1] if exc.errors() else None
-        return error_response(dialect_for(_path(request)), 400, problems, "invalid_request", str(first) if first else None)
+        return error_response(
+            dialect_for(_path(request)), 400, problems, "invalid_request", str(first) if first else None
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         message = "not found" if exc.status_code == 404 else str(exc.detail)
-        return error_response(dialect_for(_path(request)), exc.status_code, message, code, headers=exc.headers)
+        return error_response(dialect_for(_path(request)), exc.status_code, message, code, headers=dict(exc.headers or {}))
 
     @app.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(dialect_for(_path(request)), 500, "internal error; see the controller log", "internal_error")
+        return error_response(
+            dialect_for(_path(request)), 500, "internal error; see the controller log", "internal_error"
+        )

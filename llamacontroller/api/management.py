@@ -61,8 +61,15 @@ class UserUpdate(_In):
 
 
 async def audit(
-    services: Any, request: Request, principal: Principal | None, action: str, target: str | None,
-    *, before: dict[str, Any] | None = None, after: dict[str, Any] | None = None, result: str = "ok",
+    services: Any,
+    request: Request,
+    principal: Principal | None,
+    action: str,
+    target: str | None,
+    *,
+    before: dict[str, Any] | None = None,
+    after: dict[str, Any] | None = None,
+    result: str = "ok",
 ) -> None:
     await services.audit.record(
         action,
@@ -89,6 +96,7 @@ async def _audited(services: Any, request: Request, principal: Principal, action
 
 
 # ------------------------------------------------------------------------------- models
+
 
 @router.get("/models")
 async def models(services: ServicesDep, principal: PrincipalDep) -> dict[str, Any]:
@@ -146,7 +154,10 @@ async def model_logs(
 ) -> Any:
     engine = services.supervisor.resolve(model_id)
     if not follow and "text/event-stream" not in request.headers.get("accept", ""):
-        return {"model": engine.id, "lines": [{"seq": ln.seq, "time": ln.time, "text": ln.text} for ln in engine.log.tail(lines)]}
+        return {
+            "model": engine.id,
+            "lines": [{"seq": ln.seq, "time": ln.time, "text": ln.text} for ln in engine.log.tail(lines)],
+        }
     tail = engine.log.tail(lines)
     since = tail[0].seq - 1 if tail else 0
 
@@ -185,12 +196,22 @@ def sse(source: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
 
 # ------------------------------------------------------------------------------- tokens
 
+
 def token_public(row: ApiToken, username: str | None = None) -> dict[str, Any]:
     return {
-        "id": row.id, "name": row.name, "prefix": row.prefix, "user": username, "scopes": row.scopes.split(),
-        "models": row.models.split(), "created_at": row.created_at, "expires_at": row.expires_at,
-        "last_used_at": row.last_used_at, "revoked_at": row.revoked_at, "rpm_limit": row.rpm_limit,
-        "tpm_limit": row.tpm_limit, "parallel_limit": row.parallel_limit,
+        "id": row.id,
+        "name": row.name,
+        "prefix": row.prefix,
+        "user": username,
+        "scopes": row.scopes.split(),
+        "models": row.models.split(),
+        "created_at": row.created_at,
+        "expires_at": row.expires_at,
+        "last_used_at": row.last_used_at,
+        "revoked_at": row.revoked_at,
+        "rpm_limit": row.rpm_limit,
+        "tpm_limit": row.tpm_limit,
+        "parallel_limit": row.parallel_limit,
     }
 
 
@@ -203,7 +224,9 @@ async def list_tokens(services: ServicesDep, principal: PrincipalDep, all: bool 
 
 
 @router.post("/tokens", status_code=201)
-async def create_token(body: TokenCreate, request: Request, services: ServicesDep, principal: PrincipalDep) -> dict[str, Any]:
+async def create_token(
+    body: TokenCreate, request: Request, services: ServicesDep, principal: PrincipalDep
+) -> dict[str, Any]:
     if principal.user_id is None or principal.username is None:
         raise Forbidden("anonymous callers cannot create tokens")
     owner_name = body.user or principal.username
@@ -213,7 +236,11 @@ async def create_token(body: TokenCreate, request: Request, services: ServicesDe
     for model in body.models:
         services.supervisor.resolve(model)
     created = await services.auth.create_token(
-        owner, body.name, body.scopes, [services.supervisor.resolve(m).id for m in body.models], body.expires_in,
+        owner,
+        body.name,
+        body.scopes,
+        [services.supervisor.resolve(m).id for m in body.models],
+        body.expires_in,
         {"rpm_limit": body.rpm_limit, "tpm_limit": body.tpm_limit, "parallel_limit": body.parallel_limit},
     )
     public = token_public(created.row, owner.username)
@@ -222,7 +249,9 @@ async def create_token(body: TokenCreate, request: Request, services: ServicesDe
 
 
 @router.delete("/tokens/{token_id}")
-async def revoke_token(token_id: int, request: Request, services: ServicesDep, principal: PrincipalDep) -> dict[str, Any]:
+async def revoke_token(
+    token_id: int, request: Request, services: ServicesDep, principal: PrincipalDep
+) -> dict[str, Any]:
     if principal.user_id is None:
         raise Forbidden("anonymous callers have no tokens")
     owner = None if principal.is_admin else principal.user_id
@@ -233,9 +262,16 @@ async def revoke_token(token_id: int, request: Request, services: ServicesDep, p
 
 # -------------------------------------------------------------------------------- users
 
+
 def user_public(user: User) -> dict[str, Any]:
-    return {"id": user.id, "username": user.username, "role": user.role, "disabled": user.disabled,
-            "created_at": user.created_at, "last_login_at": user.last_login_at}
+    return {
+        "id": user.id,
+        "username": user.username,
+        "role": user.role,
+        "disabled": user.disabled,
+        "created_at": user.created_at,
+        "last_login_at": user.last_login_at,
+    }
 
 
 @router.get("/users")
@@ -251,7 +287,9 @@ async def create_user(body: UserCreate, request: Request, services: ServicesDep,
 
 
 @router.patch("/users/{user_id}")
-async def update_user(user_id: int, body: UserUpdate, request: Request, services: ServicesDep, principal: AdminDep) -> dict[str, Any]:
+async def update_user(
+    user_id: int, body: UserUpdate, request: Request, services: ServicesDep, principal: AdminDep
+) -> dict[str, Any]:
     if user_id == principal.user_id and (body.role not in (None, "admin") or body.disabled):
         raise BadRequest("admins cannot demote or disable themselves")
     user, before = await services.auth.update_user(user_id, **body.model_dump())
@@ -271,11 +309,18 @@ async def delete_user(user_id: int, request: Request, services: ServicesDep, pri
 
 # -------------------------------------------------------------------------- audit, usage
 
+
 @router.get("/audit")
 async def list_audit(
-    services: ServicesDep, principal: AdminDep, actor: str | None = None, action: str | None = None,
-    target: str | None = None, since: datetime | None = None, until: datetime | None = None,
-    limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0),
+    services: ServicesDep,
+    principal: AdminDep,
+    actor: str | None = None,
+    action: str | None = None,
+    target: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: int = Query(100, ge=1, le=1000),
+    offset: int = Query(0, ge=0),
 ) -> dict[str, Any]:
     query = select(AuditEntry).order_by(AuditEntry.id.desc())
     for column, value in ((AuditEntry.actor, actor), (AuditEntry.action, action), (AuditEntry.target, target)):
@@ -292,10 +337,16 @@ async def list_audit(
 
 @router.get("/usage")
 async def list_usage(
-    services: ServicesDep, principal: AdminDep, token_id: int | None = None, model: str | None = None,
-    username: str | None = None, since: datetime | None = None, until: datetime | None = None,
+    services: ServicesDep,
+    principal: AdminDep,
+    token_id: int | None = None,
+    model: str | None = None,
+    username: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
     group_by: Literal["token", "model", "day"] | None = None,
-    limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0),
+    limit: int = Query(100, ge=1, le=1000),
+    offset: int = Query(0, ge=0),
 ) -> dict[str, Any]:
     filters = []
     for column, value in ((UsageEntry.token_id, token_id), (UsageEntry.model, model), (UsageEntry.username, username)):
@@ -310,16 +361,22 @@ async def list_usage(
             query = select(UsageEntry).where(*filters).order_by(UsageEntry.id.desc()).limit(limit).offset(offset)
             return {"entries": [_row(r) for r in await db.scalars(query)], "limit": limit, "offset": offset}
         key = {"token": UsageEntry.token_id, "model": UsageEntry.model, "day": cast(UsageEntry.time, Date)}[group_by]
-        query = (
+        grouped: Any = (
             select(
-                key.label("key"), func.count().label("requests"),
+                key.label("key"),
+                func.count().label("requests"),
                 func.coalesce(func.sum(UsageEntry.prompt_tokens), 0).label("prompt_tokens"),
                 func.coalesce(func.sum(UsageEntry.completion_tokens), 0).label("completion_tokens"),
             )
-            .where(*filters).group_by(key).order_by(key)
+            .where(*filters)
+            .group_by(key)
+            .order_by(key)
         )
-        groups = [dict(r._mapping) for r in (await db.execute(query)).all()]
-    return {"group_by": group_by, "groups": [{**g, "key": str(g["key"]) if g["key"] is not None else None} for g in groups]}
+        groups = [dict(r._mapping) for r in (await db.execute(grouped)).all()]
+    return {
+        "group_by": group_by,
+        "groups": [{**g, "key": str(g["key"]) if g["key"] is not None else None} for g in groups],
+    }
 
 
 def _row(row: Any) -> dict[str, Any]:
@@ -331,6 +388,7 @@ def _jsonable(data: dict[str, Any]) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------- config
+
 
 @router.post("/config/reload")
 async def reload_config(request: Request, services: ServicesDep, principal: AdminDep) -> dict[str, Any]:

@@ -24,7 +24,7 @@ async def ready(services: ServicesDep) -> Response:
     body: dict[str, Any] = {"status": "ready", "models": len(services.supervisor.engines)}
     try:
         await check_database(services)
-    except Exception as exc:  # noqa: BLE001 - any failure means "not ready", said plainly
+    except Exception as exc:
         return JSONResponse({"status": "not ready", "reason": f"database: {exc}"}, status_code=503)
     return JSONResponse(body)
 

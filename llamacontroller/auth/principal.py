@@ -23,7 +23,7 @@ DEFAULT_SCOPES: dict[str, tuple[str, ...]] = {
     "user": ("inference",),
 }
 
-TOKEN_PREFIX = "lc_"
+TOKEN_PREFIX = "lc_"  # noqa: S105 - a prefix, not a secret
 
 
 def new_token() -> str:

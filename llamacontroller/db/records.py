@@ -75,7 +75,7 @@ class UsageWriter:
 
     async def _flush_all(self) -> None:
         while not self._queue.empty():
-            batch = []
+            batch: list[dict[str, Any]] = []
             while len(batch) < BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             await self._write(batch)

@@ -22,8 +22,11 @@ def async_url(url: str) -> str:
 
 def sync_url(url: str) -> str:
     parsed = make_url(url)
-    driver = {"sqlite+aiosqlite": "sqlite", "postgresql": "postgresql+psycopg",
-              "postgresql+asyncpg": "postgresql+psycopg"}.get(parsed.drivername)
+    driver = {
+        "sqlite+aiosqlite": "sqlite",
+        "postgresql": "postgresql+psycopg",
+        "postgresql+asyncpg": "postgresql+psycopg",
+    }.get(parsed.drivername)
     return parsed.set(drivername=driver).render_as_string(hide_password=False) if driver else url
 
 
@@ -41,6 +44,7 @@ def migrate(url: str) -> None:
 def create_engine(url: str) -> AsyncEngine:
     engine = create_async_engine(async_url(url), pool_pre_ping=True)
     if engine.dialect.name == "sqlite":
+
         @event.listens_for(engine.sync_engine, "connect")
         def _pragmas(dbapi_connection, _record):  # type: ignore[no-untyped-def]
             cursor = dbapi_connection.cursor()
@@ -49,6 +53,7 @@ def create_engine(url: str) -> AsyncEngine:
             cursor.execute("PRAGMA busy_timeout=5000")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
+
     return engine
 
 

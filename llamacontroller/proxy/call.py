@@ -36,8 +36,19 @@ log = logging.getLogger(__name__)
 
 # Not forwarded: per-connection headers, and content-length (uvicorn frames the body itself).
 HOP_BY_HOP = frozenset(
-    {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
-     "transfer-encoding", "upgrade", "content-length", "server", "date"}
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+        "server",
+        "date",
+    }
 )
 STREAM_HEADERS = [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 
@@ -146,8 +157,13 @@ class UpstreamCall(Response):
             status, body = translator.error(upstream.status, await upstream.read())
             self.status = status
             self.error = body.decode("utf-8", "replace")[:500]
-            await send({"type": "http.response.start", "status": status,
-                        "headers": [(b"content-type", b"application/json"), *self._own_headers()]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": status,
+                    "headers": [(b"content-type", b"application/json"), *self._own_headers()],
+                }
+            )
             await send({"type": "http.response.body", "body": body})
             return
         self.status = upstream.status

@@ -29,7 +29,7 @@ class ModelGate:
 
     @property
     def active(self) -> int:
-        return self.limit - self._free._value  # noqa: SLF001 - read-only peek for status
+        return self.limit - self._free._value
 
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 from dataclasses import dataclass, field
+
 from llamacontroller.config import ModelEntry, Settings
 from llamacontroller.paths import llama_server_cache_binary
 
@@ -38,24 +39,46 @@ def build_launch(entry: ModelEntry, settings: Settings, port: int) -> Launch:
             llama_server_binary(settings),
             *settings.llamacpp.default_args,
             *host_port,
-            "-m", str(entry.path),
-            "-c", str(entry.ctx_size),
-            "--alias", entry.id,
+            "-m",
+            str(entry.path),
+            "-c",
+            str(entry.ctx_size),
+            "--alias",
+            entry.id,
             "--metrics",
             "--no-webui",
         ]
         if entry.embedding:
             argv.append("--embeddings")
+            if "--pooling" not in entry.args:
+                argv += ["--pooling", "mean"]  # causal LMs default to none, which /v1 refuses
         if entry.reranking:
             argv.append("--reranking")
         return Launch([*argv, *entry.args], env)
     if entry.backend == "vllm":
-        argv = ["vllm", "serve", str(entry.path), *host_port, "--served-model-name", entry.id,
-                "--max-model-len", str(entry.ctx_size)]
+        argv = [
+            "vllm",
+            "serve",
+            str(entry.path),
+            *host_port,
+            "--served-model-name",
+            entry.id,
+            "--max-model-len",
+            str(entry.ctx_size),
+        ]
         return Launch([*argv, *entry.args], env)
     if entry.backend == "tgi":
-        argv = ["text-generation-launcher", "--model-id", str(entry.path), "--hostname", "127.0.0.1",
-                "--port", str(port), "--max-total-tokens", str(entry.ctx_size)]
+        argv = [
+            "text-generation-launcher",
+            "--model-id",
+            str(entry.path),
+            "--hostname",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--max-total-tokens",
+            str(entry.ctx_size),
+        ]
         return Launch([*argv, *entry.args], env)
     if entry.backend == "transformers":
         argv = ["transformers", "serve", *host_port, "--force-model", str(entry.path)]

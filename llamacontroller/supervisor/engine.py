@@ -148,9 +148,10 @@ class Engine:
             self._start_task = asyncio.create_task(self._run_start(), name=f"start {self.id}")
         assert self._start_task is not None
         await asyncio.shield(self._start_task)
-        if self.state is State.FAILED:
+        outcome: State = self.state  # re-read: the start task changed it while we waited
+        if outcome is State.FAILED:
             raise StartFailed(f"model {self.id!r} failed to start: {self.last_error}")
-        if self.state is not State.READY:
+        if outcome is not State.READY:
             raise ModelUnavailable(f"model {self.id!r} was unloaded while it was starting")
 
     async def stop(self, *, drain: float, force: bool, reason: str) -> None:
@@ -160,9 +161,7 @@ class Engine:
         raised: a model with requests in flight is never killed for another.
         """
         if self._stop_task is None or self._stop_task.done():
-            self._stop_task = asyncio.create_task(
-                self._run_stop(drain, force, reason), name=f"stop {self.id}"
-            )
+            self._stop_task = asyncio.create_task(self._run_stop(drain, force, reason), name=f"stop {self.id}")
         await asyncio.shield(self._stop_task)
 
     def status(self) -> dict[str, Any]:
@@ -243,7 +242,7 @@ class Engine:
             self._set(State.READY, f"healthy after {self.load_seconds:.2f}s")
         except asyncio.CancelledError:
             return  # stop() cancelled the start; it owns the cleanup
-        except Exception as exc:  # noqa: BLE001 - every failure becomes the FAILED state
+        except Exception as exc:
             self.last_error = str(exc) if isinstance(exc, LlamaControllerError) else repr(exc)
             await self._end_process()
             self._set(State.FAILED, self.last_error)

@@ -127,9 +127,11 @@ class Supervisor:
         Without `from`, every other loaded model is switched away from.
         """
         target = self.resolve(to_id)
-        sources = [self.resolve(from_id)] if from_id else [
-            e for e in self.engines.values() if e is not target and e.state in LOADED and e.has_process
-        ]
+        sources = (
+            [self.resolve(from_id)]
+            if from_id
+            else [e for e in self.engines.values() if e is not target and e.state in LOADED and e.has_process]
+        )
         drain = self.settings.llamacpp.drain_timeout
         await asyncio.gather(
             *(s.stop(drain=drain, force=False, reason=f"switching to {target.id}") for s in sources if s is not target)
@@ -161,10 +163,7 @@ class Supervisor:
     async def _admit(self, engine: Engine) -> None:
         """Make room for `engine`: stop idle models LRU first; wait for busy ones to drain."""
         async with self._admission:
-            running = [
-                e for e in self.engines.values()
-                if e is not engine and e.has_process and e.state in LOADED
-            ]
+            running = [e for e in self.engines.values() if e is not engine and e.has_process and e.state in LOADED]
             need = engine.estimate_bytes or 0
             plan = plan_eviction(
                 [Candidate(e.id, e.rss() or e.estimate_bytes or 0, e.in_flight, e.last_used) for e in running],
@@ -220,8 +219,14 @@ class Supervisor:
     # ---------------------------------------------------------------------------- events
 
     def _publish(self, engine: Engine, old: State, new: State, reason: str) -> None:
-        event = {"type": "model_state", "model": engine.id, "from": old.value, "to": new.value,
-                 "reason": reason, "time": time.time()}
+        event = {
+            "type": "model_state",
+            "model": engine.id,
+            "from": old.value,
+            "to": new.value,
+            "reason": reason,
+            "time": time.time(),
+        }
         for queue in self._subscribers:
             with contextlib.suppress(asyncio.QueueFull):
                 queue.put_nowait(event)

@@ -74,7 +74,7 @@ def estimate_bytes(path: Path, ctx: int) -> int | None:
     """Bytes the engine will need for this model, or None when the file cannot be read."""
     try:
         info = read_gguf(path)
-    except Exception as exc:  # noqa: BLE001 - a bad file is reported by the engine, not here
+    except Exception as exc:
         log.debug("cannot read GGUF %s: %s", path, exc)
         return None
     return info.tensor_bytes + kv_cache_bytes(info, ctx) + OVERHEAD_BYTES
@@ -92,7 +92,7 @@ def gpu_inventory() -> list[dict[str, Any]]:
         return []
     try:
         pynvml.nvmlInit()
-    except Exception:  # noqa: BLE001 - no driver, no GPU: that is an empty list, not an error
+    except Exception:
         return []
     gpus = []
     try:

@@ -41,9 +41,7 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-async def spawn(
-    argv: Sequence[str], env: Mapping[str, str] | None = None
-) -> asyncio.subprocess.Process:
+async def spawn(argv: Sequence[str], env: Mapping[str, str] | None = None) -> asyncio.subprocess.Process:
     """Start argv (a list, never a shell) with stdout and stderr merged into one pipe."""
     full_env = {**os.environ, **(env or {})}
     return await asyncio.create_subprocess_exec(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -14,8 +15,9 @@ from tests.harness import SMOLLM2, Controller, model_entry, running_controller
 
 
 @pytest.fixture()
-def client(controller: Controller) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{controller.url}/v1", api_key=controller.token(), max_retries=0, timeout=120)
+def client(controller: Controller) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=f"{controller.url}/v1", api_key=controller.token(), max_retries=0, timeout=120) as c:
+        yield c
 
 
 def test_list_models(client: openai.OpenAI) -> None:
@@ -61,8 +63,8 @@ def test_stream_headers_and_request_id(controller: Controller) -> None:
 def test_embeddings(tmp_path: Path) -> None:
     models = [model_entry("smollm2-embed", SMOLLM2, embedding=True)]
     with running_controller(tmp_path, models=models) as ctl:
-        client = openai.OpenAI(base_url=f"{ctl.url}/v1", api_key=ctl.token(), max_retries=0)
-        result = client.embeddings.create(model="smollm2-embed", input=["hello", "world"])
+        with openai.OpenAI(base_url=f"{ctl.url}/v1", api_key=ctl.token(), max_retries=0) as client:
+            result = client.embeddings.create(model="smollm2-embed", input=["hello", "world"])
         assert len(result.data) == 2
         assert len(result.data[0].embedding) == 576  # SmolLM2-135M's hidden size
 
@@ -79,7 +81,8 @@ def test_embeddings(tmp_path: Path) -> None:
 )
 def test_bad_requests_get_openai_errors(controller: Controller, body: bytes, status: int, code: str) -> None:
     response = httpx.post(
-        f"{controller.url}/v1/chat/completions", content=body,
+        f"{controller.url}/v1/chat/completions",
+        content=body,
         headers={**controller.headers(), "Content-Type": "application/json"},
     )
     assert response.status_code == status
@@ -90,8 +93,10 @@ def test_bad_requests_get_openai_errors(controller: Controller, body: bytes, sta
 
 def test_auth_errors_through_the_client(controller: Controller) -> None:
     for key in ("lc_wrong", "garbage"):
-        bad = openai.OpenAI(base_url=f"{controller.url}/v1", api_key=key, max_retries=0)
-        with pytest.raises(openai.AuthenticationError):
+        with (
+            openai.OpenAI(base_url=f"{controller.url}/v1", api_key=key, max_retries=0) as bad,
+            pytest.raises(openai.AuthenticationError),
+        ):
             bad.models.list()
     response = httpx.post(f"{controller.url}/v1/chat/completions", json={"model": "smollm2"})
     assert response.status_code == 401
@@ -100,10 +105,10 @@ def test_auth_errors_through_the_client(controller: Controller) -> None:
 
 def test_model_not_allowed_is_403(controller: Controller) -> None:
     token = controller.token("only-gemma", "admin", "--model", "gemma3-270m")
-    client = openai.OpenAI(base_url=f"{controller.url}/v1", api_key=token, max_retries=0)
-    assert [m.id for m in client.models.list()] == ["gemma3-270m"]
-    with pytest.raises(openai.PermissionDeniedError):
-        client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": "x"}], max_tokens=1)
+    with openai.OpenAI(base_url=f"{controller.url}/v1", api_key=token, max_retries=0) as client:
+        assert [m.id for m in client.models.list()] == ["gemma3-270m"]
+        with pytest.raises(openai.PermissionDeniedError):
+            client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": "x"}], max_tokens=1)
 
 
 def test_body_over_the_cap_is_413(controller: Controller) -> None:
@@ -126,10 +131,16 @@ def test_client_disconnect_stops_generation(controller: Controller) -> None:
     with controller.client() as mgmt:
         mgmt.post("/api/v1/models/load", json={"model_id": "smollm2-135m"})
         port = next(m for m in mgmt.get("/api/v1/models/status").json()["models"] if m["id"] == "smollm2-135m")["port"]
-    body = {"model": "smollm2-135m", "prompt": "Write a long story:", "max_tokens": 3000, "ignore_eos": True,
-            "stream": True}
-    with httpx.stream("POST", f"{controller.url}/v1/completions", json=body, headers=controller.headers(),
-                      timeout=60) as r:
+    body = {
+        "model": "smollm2-135m",
+        "prompt": "Write a long story:",
+        "max_tokens": 3000,
+        "ignore_eos": True,
+        "stream": True,
+    }
+    with httpx.stream(
+        "POST", f"{controller.url}/v1/completions", json=body, headers=controller.headers(), timeout=60
+    ) as r:
         for _ in r.iter_lines():
             if _busy(port):
                 break
@@ -152,7 +163,8 @@ def test_queue_full_is_429_with_retry_after(tmp_path: Path) -> None:
         headers = ctl.headers()
         long = {"model": "smollm2-135m", "prompt": "Story:", "max_tokens": 300, "ignore_eos": True}
         worker = threading.Thread(
-            target=httpx.post, args=(f"{ctl.url}/v1/completions",),
+            target=httpx.post,
+            args=(f"{ctl.url}/v1/completions",),
             kwargs={"json": long, "headers": headers, "timeout": 120},
         )
         worker.start()

@@ -20,7 +20,6 @@ from tests.harness import (
     SMOLLM2,
     bare_llama_server,
     default_models,
-    engine_pids,
     llama_server_bin,
     model_entry,
     running_controller,
@@ -49,7 +48,7 @@ def wait_state(client: httpx.Client, model_id: str, state: str, timeout: float =
 def test_concurrent_requests_for_unloaded_model_start_one_engine(tmp_path: Path) -> None:
     with running_controller(tmp_path, models=[model_entry("smollm2-135m", SMOLLM2, max_concurrency=20)]) as ctl:
         headers = ctl.headers()
-        assert engine_pids() == []
+        assert ctl.engines() == []
 
         def ask(_: int) -> int:
             body = {**CHAT, "model": "smollm2-135m"}
@@ -58,7 +57,7 @@ def test_concurrent_requests_for_unloaded_model_start_one_engine(tmp_path: Path)
         with ThreadPoolExecutor(20) as pool:
             codes = list(pool.map(ask, range(20)))
         assert codes == [200] * 20
-        assert len(engine_pids()) == 1
+        assert len(ctl.engines()) == 1
         assert ctl.log().count("-> starting") == 1
 
 
@@ -98,16 +97,16 @@ def test_killed_controller_takes_its_engines_along(tmp_path: Path) -> None:
         with ctl.client() as client:
             for model in ("smollm2-135m", "gemma3-270m"):
                 assert client.post("/api/v1/models/load", json={"model_id": model}).status_code == 200
-        assert len(engine_pids()) == 2
+        assert len(ctl.engines()) == 2
         ctl.proc.send_signal(signal.SIGKILL)
         ctl.proc.wait()
         deadline = time.monotonic() + 2
-        while engine_pids() and time.monotonic() < deadline:
+        while ctl.engines() and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert engine_pids() == []
+        assert ctl.engines() == []
     finally:
         ctl.stop()
-        wait_no_engines()
+        wait_no_engines(ctl.data_dir)
 
 
 def test_start_reaps_engines_left_by_a_previous_run(tmp_path: Path) -> None:
@@ -147,7 +146,8 @@ def test_switch_with_one_slot_lets_the_stream_finish(tmp_path: Path) -> None:
                 for line in r.iter_lines():
                     if line.startswith("data: ") and line != "data: [DONE]":
                         chunks.append(json.loads(line[6:]))
-                    stream_result["done"] = line == "data: [DONE]"
+                    if line == "data: [DONE]":
+                        stream_result["done"] = True
             stream_result["tokens"] = sum(1 for c in chunks if c["choices"] and c["choices"][0].get("text") is not None)
             stream_result["finished_at"] = time.monotonic()
 
@@ -166,11 +166,14 @@ def test_switch_with_one_slot_lets_the_stream_finish(tmp_path: Path) -> None:
         assert answered_at >= stream_result["finished_at"]  # type: ignore[operator]
         with ctl.client() as client:
             assert status(client, "smollm2-135m")["state"] == "stopped"
-        assert len(engine_pids()) == 1
+        assert len(ctl.engines()) == 1
 
 
 def test_idle_ttl_unloads_after_last_request_never_during(tmp_path: Path) -> None:
-    with running_controller(tmp_path, models=[model_entry("smollm2-135m", SMOLLM2, ttl=2)]) as ctl, ctl.client() as client:
+    with (
+        running_controller(tmp_path, models=[model_entry("smollm2-135m", SMOLLM2, ttl=2)]) as ctl,
+        ctl.client() as client,
+    ):
         # A request longer than the TTL must not be cut.
         body = {"model": "smollm2-135m", "prompt": "Tell a story:", "max_tokens": 220, "ignore_eos": True}
         response = client.post("/v1/completions", json=body)
@@ -199,4 +202,10 @@ def test_memory_estimate_is_within_30_percent_of_rss(tmp_path: Path) -> None:
 def test_bare_llama_server_helper_cleans_up(path: Path) -> None:
     with bare_llama_server(path) as url:
         assert httpx.get(url + "/health").status_code == 200
-    assert not [p for p in psutil.process_iter(["name"]) if p.info["name"] == "llama-server"]
+    assert not [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if str(path) in " ".join(p.info["cmdline"] or [])
+        and "--no-webui" in (p.info["cmdline"] or [])
+        and "--alias" not in (p.info["cmdline"] or [])
+    ]

@@ -52,14 +52,14 @@ def test_bad_backend_names_file_entry_and_key(tmp_path: Path) -> None:
 def test_unknown_key_is_an_error_not_ignored(tmp_path: Path) -> None:
     config = copy_config(tmp_path)
     (config / "llamacpp-config.yaml").write_text("start_timeot: 5\n")
-    with pytest.raises(ConfigError, match=r"llamacpp-config.yaml: start_timeot: Extra inputs"):
+    with pytest.raises(ConfigError, match=r"llamacpp-config\.yaml: start_timeot: Extra inputs"):
         load_settings(config_dir=config)
 
 
 def test_yaml_syntax_error_names_the_file(tmp_path: Path) -> None:
     config = copy_config(tmp_path)
     (config / "auth-config.yaml").write_text("require_api_token: [\n")
-    with pytest.raises(ConfigError, match="auth-config.yaml: not valid YAML"):
+    with pytest.raises(ConfigError, match=r"auth-config\.yaml: not valid YAML"):
         load_settings(config_dir=config)
 
 
@@ -77,10 +77,12 @@ def test_environment_overrides_yaml(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 def test_duplicate_names_across_models_rejected() -> None:
     with pytest.raises(ValueError, match="used by both"):
-        ModelsConfig(models=[
-            ModelEntry(id="a", path="x.gguf", aliases=["shared"]),
-            ModelEntry(id="b", path="y.gguf", aliases=["Shared:latest"]),
-        ])
+        ModelsConfig(
+            models=[
+                ModelEntry(id="a", path="x.gguf", aliases=["shared"]),
+                ModelEntry(id="b", path="y.gguf", aliases=["Shared:latest"]),
+            ]
+        )
 
 
 @pytest.mark.parametrize("entry", [{"id": "r", "backend": "remote"}, {"id": "l", "backend": "llamacpp"}])
@@ -94,7 +96,9 @@ def test_model_ids_are_restricted() -> None:
         ModelEntry(id="<script>", path="x.gguf")
 
 
-@pytest.mark.parametrize(("text", "size"), [("8GiB", 8 * 2**30), ("512M", 512 * 2**20), ("1.5G", int(1.5 * 2**30)), (42, 42)])
+@pytest.mark.parametrize(
+    ("text", "size"), [("8GiB", 8 * 2**30), ("512M", 512 * 2**20), ("1.5G", int(1.5 * 2**30)), (42, 42)]
+)
 def test_parse_size(text: str | int, size: int) -> None:
     assert parse_size(text) == size
 
