@@ -103,7 +103,9 @@ def install(app: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         message = "not found" if exc.status_code == 404 else str(exc.detail)
-        return error_response(dialect_for(_path(request)), exc.status_code, message, code, headers=dict(exc.headers or {}))
+        return error_response(
+            dialect_for(_path(request)), exc.status_code, message, code, headers=dict(exc.headers or {})
+        )
 
     @app.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception) -> Response:
