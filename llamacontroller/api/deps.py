@@ -18,7 +18,9 @@ MAX_BODY = 32 * 1024 * 1024
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
+    # async on purpose: FastAPI runs plain `def` dependencies in a thread pool, a thread hop per
+    # request that showed up at 3% of the proxy's CPU in py-spy.
     return request.app.state.services  # type: ignore[no-any-return]
 
 
@@ -37,7 +39,7 @@ def _credential(request: Request) -> str | None:
 
 
 async def get_principal(request: Request) -> Principal:
-    services = get_services(request)
+    services: Services = request.app.state.services
     token = _credential(request)
     if token is None:
         if not services.settings.auth.require_api_token and not request.url.path.startswith(

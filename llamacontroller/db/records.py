@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import insert, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from llamacontroller.db.models import ApiToken, AuditEntry, UsageEntry
@@ -22,6 +22,10 @@ log = logging.getLogger(__name__)
 BATCH = 500
 LINGER = 0.2  # seconds a row may wait for companions before it is written
 _STOP: dict[str, Any] = {}
+# executemany needs every row to carry the same keys.
+_USAGE_DEFAULTS: dict[str, Any] = {
+    c.name: None for c in UsageEntry.__table__.columns if c.name not in ("id", "time")
+}
 
 
 class AuditLog:
@@ -46,6 +50,7 @@ class UsageWriter:
         self._task = asyncio.create_task(self._run(), name="usage writer")
 
     def add(self, **row: Any) -> None:
+        row.setdefault("time", datetime.now(UTC))
         self._queue.put_nowait(row)
 
     async def close(self) -> None:
@@ -88,7 +93,8 @@ class UsageWriter:
             try:
                 async with self.sessions() as db:
                     if batch:
-                        db.add_all([UsageEntry(**row) for row in batch])
+                        # Core executemany, not ORM objects: a tenth of the CPU per row.
+                        await db.execute(insert(UsageEntry), [{**_USAGE_DEFAULTS, **row} for row in batch])
                     for token_id, when in touched.items():
                         await db.execute(update(ApiToken).where(ApiToken.id == token_id).values(last_used_at=when))
                     await db.commit()

@@ -119,7 +119,7 @@ class UpstreamCall(Response):
                 with await ctx.engine.acquire() as lease:
                     if ctx.on_lease:
                         ctx.on_lease()
-                    async with self._post(lease.base_url) as upstream:
+                    async with await self._open(lease.base_url) as upstream:
                         started_body = True
                         await self._relay(upstream, send)
         except LlamaControllerError as exc:
@@ -140,9 +140,21 @@ class UpstreamCall(Response):
             else:
                 await self._in_band(send, message)
 
+    async def _open(self, base_url: str) -> aiohttp.ClientResponse:
+        try:
+            return await self._post(base_url)
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+            # A pooled keep-alive connection the engine had already closed: the request never
+            # reached it, so it is safe to send once more, on a new connection.
+            return await self._post(base_url)
+
     def _post(self, base_url: str) -> Any:
         ctx = self.ctx
         headers = {"Content-Type": "application/json", "X-Request-ID": ctx.request_id, **ctx.headers}
+        if ctx.stream:
+            # llama-server answers streams with "Keep-Alive" but closes the connection after them;
+            # a pooled copy of it would fail the next request. Say it ourselves.
+            headers["Connection"] = "close"
         return ctx.http.post(
             base_url + ctx.upstream_path,
             data=ctx.body,
