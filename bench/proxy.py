@@ -31,8 +31,12 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.harness import SMOLLM2, bare_llama_server, free_port, llama_server_bin, model_entry, running_controller
 
-CHAT = {"messages": [{"role": "user", "content": "Write a short poem about the sea."}], "max_tokens": 32,
-        "stream": True, "ignore_eos": True}
+CHAT = {
+    "messages": [{"role": "user", "content": "Write a short poem about the sea."}],
+    "max_tokens": 32,
+    "stream": True,
+    "ignore_eos": True,
+}
 
 
 @dataclass
@@ -82,9 +86,11 @@ async def stream_round(session: aiohttp.ClientSession, target: Target, concurren
             first = None
             tokens = 0
             try:
-                async with session.post(target.url + "/v1/chat/completions", data=body,
-                                        headers={**target.headers, "Content-Type": "application/json",
-                                                 "Connection": "close"}) as r:
+                async with session.post(
+                    target.url + "/v1/chat/completions",
+                    data=body,
+                    headers={**target.headers, "Content-Type": "application/json", "Connection": "close"},
+                ) as r:
                     if r.status != 200:
                         sample.errors += 1
                         await r.read()
@@ -142,9 +148,23 @@ def router_mode() -> Iterator[str]:
     (models / SMOLLM2.name).symlink_to(SMOLLM2)
     port = free_port()
     proc = subprocess.Popen(
-        [llama_server_bin(), "--models-dir", str(models), "--host", "127.0.0.1", "--port", str(port),
-         "-c", "2048", "--threads", "2", "--no-webui"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [
+            llama_server_bin(),
+            "--models-dir",
+            str(models),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "-c",
+            "2048",
+            "--threads",
+            "2",
+            "--no-webui",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -215,10 +235,10 @@ def main() -> None:
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bench-proxy-"))
     models = [model_entry("smollm2-135m", SMOLLM2, max_concurrency=64, queue_timeout=120)]
-    with bare_llama_server(SMOLLM2) as direct, router_mode() as router, \
-            running_controller(root, models=models) as ctl:
-        httpx.post(f"{ctl.url}/api/v1/models/load", json={"model_id": "smollm2-135m"}, headers=ctl.headers(),
-                   timeout=120).raise_for_status()
+    with bare_llama_server(SMOLLM2) as direct, router_mode() as router, running_controller(root, models=models) as ctl:
+        httpx.post(
+            f"{ctl.url}/api/v1/models/load", json={"model_id": "smollm2-135m"}, headers=ctl.headers(), timeout=120
+        ).raise_for_status()
         targets = [
             Target("direct", direct, "smollm2-135m"),
             Target("controller", ctl.url, "smollm2-135m", ctl.headers()),

@@ -67,6 +67,7 @@ def serve(host: str | None, port: int | None, config_dir: str | None) -> None:
     """Run the controller."""
     import uvicorn
 
+    from llamacontroller.api.fastlane import FastLane
     from llamacontroller.app import create_app
     from llamacontroller.logs import setup_logging
 
@@ -76,7 +77,7 @@ def serve(host: str | None, port: int | None, config_dir: str | None) -> None:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
     setup_logging(settings.log_level)
-    app = create_app(settings)
+    app = FastLane(create_app(settings))
     uvicorn.run(
         app,
         host=settings.host,

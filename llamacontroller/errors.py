@@ -15,6 +15,7 @@ Each API dialect renders them in one place (api/errors.py). The tree:
     │   ├── StartFailed            the engine did not become healthy
     │   ├── InsufficientMemory     admission refused it
     │   └── DrainTimeout           a busy model could not be stopped in time
+    ├── NotSupported               a known route this server does not offer yet (501)
     ├── UpstreamError              the engine failed mid-request (502)
     └── UpstreamTimeout            the engine did not answer in time (504)
 """
@@ -87,6 +88,11 @@ class InsufficientMemory(ModelUnavailable):
 
 class DrainTimeout(ModelUnavailable):
     code = "model_busy"
+
+
+class NotSupported(LlamaControllerError):
+    status = 501
+    code = "not_supported"
 
 
 class UpstreamError(LlamaControllerError):

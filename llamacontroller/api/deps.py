@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import os
 import re
-import uuid
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, Request
@@ -94,7 +94,7 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
 
 def request_id(request: Request) -> str:
     given = request.headers.get("x-request-id")
-    return given if given and _REQUEST_ID.match(given) else uuid.uuid4().hex
+    return given if given and _REQUEST_ID.match(given) else os.urandom(16).hex()
 
 
 def client_ip(request: Request) -> str | None:

@@ -1,7 +1,288 @@
-"""Ollama-compatible routes (see docs/api.md)."""
+"""Ollama-compatible routes. Inference goes through the same dispatch path as /v1; only the
+translation (api/ollama_translate.py) and the error shape differ."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import hashlib
+import json
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.responses import JSONResponse, Response
+
+from llamacontroller.api import ollama_translate as tr
+from llamacontroller.api.deps import InferenceDep, ServicesDep, parse_json_object, read_body
+from llamacontroller.api.dispatch import dispatch
+from llamacontroller.api.errors import Dialect
+from llamacontroller.errors import BadRequest, ModelNotFound, NotSupported
+from llamacontroller.supervisor.engine import Engine
+from llamacontroller.supervisor.memory import read_gguf
 
 router = APIRouter(tags=["ollama"])
+
+FOREVER = datetime(2318, 1, 1, tzinfo=UTC)  # what Ollama reports for keep_alive < 0
+
+
+@router.api_route("/api/version", methods=["GET", "HEAD"])
+async def version(services: ServicesDep) -> dict[str, str]:
+    return {"version": services.settings.ollama_version}
+
+
+# ------------------------------------------------------------------------------ metadata
+
+
+def _tag(model_id: str) -> str:
+    return model_id if ":" in model_id else f"{model_id}:latest"
+
+
+def _file(engine: Engine) -> Path | None:
+    path = Path(engine.entry.path) if engine.entry.path else None
+    return path if path is not None and path.is_file() else None
+
+
+def _digest(engine: Engine) -> str:
+    """The file's sha256 when `make setup` recorded it beside the file; else a stable id."""
+    path = _file(engine)
+    if path is None:
+        return hashlib.sha256(engine.id.encode()).hexdigest()
+    marker = path.with_suffix(path.suffix + ".sha256")
+    if marker.exists():
+        return marker.read_text().split()[0]
+    stat = path.stat()
+    return hashlib.sha256(f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()
+
+
+def _metadata(engine: Engine) -> dict[str, Any]:
+    path = _file(engine)
+    if path is None or engine.entry.backend != "llamacpp":
+        return {}
+    try:
+        return read_gguf(path).metadata
+    except (OSError, ValueError):
+        return {}
+
+
+def _details(engine: Engine, meta: dict[str, Any]) -> dict[str, Any]:
+    from gguf.constants import LlamaFileType
+
+    arch = meta.get("general.architecture", "")
+    file_type = meta.get("general.file_type")
+    try:
+        quant = LlamaFileType(file_type).name.removeprefix("MOSTLY_") if file_type is not None else ""
+    except ValueError:
+        quant = str(file_type)
+    return {
+        "parent_model": "",
+        "format": "gguf" if engine.entry.backend == "llamacpp" else engine.entry.backend,
+        "family": arch,
+        "families": [arch] if arch else None,
+        "parameter_size": meta.get("general.size_label", ""),
+        "quantization_level": quant,
+    }
+
+
+def _summary(engine: Engine) -> dict[str, Any]:
+    path = _file(engine)
+    stat = path.stat() if path else None
+    return {
+        "name": _tag(engine.id),
+        "model": _tag(engine.id),
+        "modified_at": datetime.fromtimestamp(stat.st_mtime, UTC).isoformat() if stat else tr.now_iso(),
+        "size": stat.st_size if stat else 0,
+        "digest": _digest(engine),
+        "details": _details(engine, _metadata(engine)),
+    }
+
+
+@router.get("/api/tags")
+async def tags(services: ServicesDep, principal: InferenceDep) -> dict[str, Any]:
+    engines = [e for e in services.supervisor.engines.values() if principal.may_use(e.id)]
+    return {"models": [_summary(e) for e in engines]}
+
+
+@router.get("/api/ps")
+async def ps(services: ServicesDep, principal: InferenceDep) -> dict[str, Any]:
+    models = []
+    for engine in services.supervisor.loaded():
+        if not principal.may_use(engine.id):
+            continue
+        ttl = engine.ttl
+        expires = FOREVER if ttl <= 0 else datetime.now(UTC) + timedelta(seconds=max(0.0, ttl - _idle(engine)))
+        models.append(
+            {
+                **_summary(engine),
+                "expires_at": expires.isoformat(),
+                "size_vram": 0 if not engine.entry.gpus else engine.rss() or 0,
+                "context_length": engine.entry.ctx_size,
+            }
+        )
+    return {"models": models}
+
+
+def _idle(engine: Engine) -> float:
+    return 0.0 if engine.in_flight else time.monotonic() - engine.last_used
+
+
+@router.post("/api/show")
+async def show(request: Request, services: ServicesDep, principal: InferenceDep) -> dict[str, Any]:
+    body = parse_json_object(await read_body(request))
+    engine = _engine(services, principal, body.get("model") or body.get("name"))
+    meta = _metadata(engine)
+    template = meta.get("tokenizer.chat_template", "")
+    capabilities = ["embedding"] if engine.entry.embedding else ["completion"]
+    if isinstance(template, str) and "tools" in template:
+        capabilities.append("tools")
+    if any(k.startswith("tokenizer.ggml.fim_") for k in meta):
+        capabilities.append("insert")
+    stops = [f'stop "{s}"' for s in _stop_tokens(meta)]
+    return {
+        "license": meta.get("general.license", ""),
+        "modelfile": f"FROM {engine.entry.path or engine.entry.url}\n",
+        "parameters": "\n".join([f"num_ctx {engine.entry.ctx_size}", *stops]),
+        "template": template if isinstance(template, str) else "",
+        "details": _details(engine, meta),
+        "model_info": {k: v for k, v in meta.items() if not isinstance(v, dict) and k != "tokenizer.chat_template"},
+        "capabilities": capabilities,
+        "modified_at": _summary(engine)["modified_at"],
+    }
+
+
+def _stop_tokens(meta: dict[str, Any]) -> list[str]:
+    template = meta.get("tokenizer.chat_template")
+    if not isinstance(template, str):
+        return []
+    return [t for t in ("<|im_end|>", "<end_of_turn>", "<|eot_id|>", "</s>") if t in template]
+
+
+def _engine(services: Any, principal: Any, name: Any) -> Engine:
+    if not isinstance(name, str) or not name:
+        raise BadRequest("model is required", param="model")
+    engine: Engine = services.supervisor.resolve(name)
+    if not principal.may_use(engine.id):
+        raise ModelNotFound(f"model {name!r} not found")
+    return engine
+
+
+# ------------------------------------------------------------------------------ inference
+
+
+async def _generate_or_chat(request: Request, services: Any, principal: Any, kind: str) -> Response:
+    began = time.perf_counter()
+    body = parse_json_object(await read_body(request))
+    engine = _engine(services, principal, body.get("model"))
+    keep_alive = tr.parse_keep_alive(body.get("keep_alive"))
+    stream = body.get("stream", True) is not False
+    empty = (kind == "chat" and not body.get("messages")) or (kind == "generate" and not body.get("prompt"))
+    if empty and not body.get("suffix"):
+        return await _load_or_unload(services, engine, keep_alive, kind, began)
+    if kind == "chat":
+        path, upstream = "/v1/chat/completions", tr.chat_request(body)
+    else:
+        path, upstream = tr.generate_request(body)
+    upstream["model"] = engine.id
+    translator = tr.NDJSONTranslator(_tag(engine.id), kind=kind, stream=stream, began=began)
+
+    def on_lease() -> None:
+        translator.lease_at = time.perf_counter()
+        _apply_keep_alive(engine, keep_alive)
+
+    return dispatch(
+        request,
+        services,
+        principal,
+        dialect=Dialect.OLLAMA,
+        model=engine.id,
+        upstream_path=path,
+        body=json.dumps(upstream).encode(),
+        stream=stream,
+        translator=translator,
+        on_lease=on_lease,
+    )
+
+
+def _apply_keep_alive(engine: Engine, keep_alive: float | None) -> None:
+    if keep_alive is None:
+        return
+    # ttl 0 means "never unload" in our config; Ollama's 0 means "unload now", so use a tick.
+    engine.ttl_override = 0.0 if keep_alive < 0 else max(keep_alive, 0.001)
+
+
+async def _load_or_unload(services: Any, engine: Engine, keep_alive: float | None, kind: str, began: float) -> Response:
+    piece: dict[str, Any] = {"model": _tag(engine.id), "created_at": tr.now_iso(), "done": True}
+    piece["message" if kind == "chat" else "response"] = {"role": "assistant", "content": ""} if kind == "chat" else ""
+    if keep_alive == 0:
+        await services.supervisor.unload(engine.id, force=False)
+        piece["done_reason"] = "unload"
+    else:
+        await engine.start()
+        _apply_keep_alive(engine, keep_alive)
+        piece["done_reason"] = "load"
+        piece["total_duration"] = int((time.perf_counter() - began) * 1e9)
+    return JSONResponse(piece)
+
+
+@router.post("/api/generate")
+async def generate(request: Request, services: ServicesDep, principal: InferenceDep) -> Response:
+    return await _generate_or_chat(request, services, principal, "generate")
+
+
+@router.post("/api/chat")
+async def chat(request: Request, services: ServicesDep, principal: InferenceDep) -> Response:
+    return await _generate_or_chat(request, services, principal, "chat")
+
+
+@router.post("/api/embed")
+async def embed(request: Request, services: ServicesDep, principal: InferenceDep) -> Response:
+    began = time.perf_counter()
+    body = parse_json_object(await read_body(request))
+    engine = _engine(services, principal, body.get("model"))
+    upstream = tr.embed_request(body)
+    upstream["model"] = engine.id
+    keep_alive = tr.parse_keep_alive(body.get("keep_alive"))
+    return dispatch(
+        request,
+        services,
+        principal,
+        dialect=Dialect.OLLAMA,
+        model=engine.id,
+        upstream_path="/v1/embeddings",
+        body=json.dumps(upstream).encode(),
+        stream=False,
+        translator=tr.JSONTranslator(tr.embed_response(_tag(engine.id), began)),
+        on_lease=lambda: _apply_keep_alive(engine, keep_alive),
+    )
+
+
+@router.post("/api/embeddings")
+async def embeddings(request: Request, services: ServicesDep, principal: InferenceDep) -> Response:
+    body = parse_json_object(await read_body(request))
+    engine = _engine(services, principal, body.get("model"))
+    if not isinstance(body.get("prompt"), str):
+        raise BadRequest("prompt must be a string", param="prompt")
+    upstream = {"model": engine.id, "input": [body["prompt"]], "encoding_format": "float"}
+    return dispatch(
+        request,
+        services,
+        principal,
+        dialect=Dialect.OLLAMA,
+        model=engine.id,
+        upstream_path="/v1/embeddings",
+        body=json.dumps(upstream).encode(),
+        stream=False,
+        translator=tr.JSONTranslator(tr.legacy_embedding_response),
+    )
+
+
+@router.post("/api/pull")
+async def pull(principal: InferenceDep) -> Response:
+    raise NotSupported(
+        "pulling models is not supported yet: add the GGUF file to config/models-config.yaml and reload the config"
+    )
+
+
+@router.delete("/api/delete")
+async def delete(principal: InferenceDep) -> Response:
+    raise NotSupported("deleting models is not supported yet: remove the entry from config/models-config.yaml")

@@ -4,7 +4,7 @@ engine sent it. Only the JSON `model` field is read, to route."""
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
@@ -12,8 +12,12 @@ from starlette.responses import Response
 from llamacontroller.api.deps import InferenceDep, ServicesDep, parse_json_object, read_body
 from llamacontroller.api.dispatch import dispatch
 from llamacontroller.api.errors import Dialect
+from llamacontroller.auth.principal import Principal
 from llamacontroller.errors import BadRequest, ModelNotFound
 from llamacontroller.supervisor.engine import Engine
+
+if TYPE_CHECKING:
+    from llamacontroller.app import Services
 
 router = APIRouter(tags=["openai"])
 
@@ -29,32 +33,39 @@ PASSTHROUGH = {
 }
 
 
-def _make_route(path: str, upstream: str) -> None:
-    async def proxy(request: Request, services: ServicesDep, principal: InferenceDep) -> Response:
-        body = await read_body(request)
-        payload = parse_json_object(body)
-        model = payload.get("model")
-        if model is not None and not isinstance(model, str):
-            raise BadRequest("'model' must be a string", param="model")
-        if not model:
-            model = _only_loaded_model(services, path)
-        return dispatch(
-            request,
-            services,
-            principal,
-            dialect=Dialect.OPENAI,
-            model=model,
-            upstream_path=upstream,
-            body=body,
-            stream=payload.get("stream") is True,
-        )
-
-    proxy.__name__ = "proxy_" + path.strip("/").replace("/", "_").replace("-", "_")
-    router.add_api_route(path, proxy, methods=["POST"], response_class=Response)
+async def proxy(request: Request, services: Services, principal: Principal, path: str) -> Response:
+    """One OpenAI passthrough request; called by the routes below and by the fast lane."""
+    body = await read_body(request)
+    payload = parse_json_object(body)
+    model = payload.get("model")
+    if model is not None and not isinstance(model, str):
+        raise BadRequest("'model' must be a string", param="model")
+    if not model:
+        model = _only_loaded_model(services, path)
+    return dispatch(
+        request,
+        services,
+        principal,
+        dialect=Dialect.OPENAI,
+        model=model,
+        upstream_path=PASSTHROUGH[path],
+        body=body,
+        stream=payload.get("stream") is True,
+    )
 
 
-for _path, _upstream in PASSTHROUGH.items():
-    _make_route(_path, _upstream)
+def _make_route(path: str) -> None:
+    # Requests normally take the fast lane (api/fastlane.py); these routes document the paths in
+    # the OpenAPI schema and serve them if the lane is not installed.
+    async def route(request: Request, services: ServicesDep, principal: InferenceDep) -> Response:
+        return await proxy(request, services, principal, path)
+
+    route.__name__ = "proxy_" + path.strip("/").replace("/", "_").replace("-", "_")
+    router.add_api_route(path, route, methods=["POST"], response_class=Response)
+
+
+for _path in PASSTHROUGH:
+    _make_route(_path)
 
 
 def _only_loaded_model(services: Any, path: str) -> str:

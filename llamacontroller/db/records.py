@@ -23,9 +23,7 @@ BATCH = 500
 LINGER = 0.2  # seconds a row may wait for companions before it is written
 _STOP: dict[str, Any] = {}
 # executemany needs every row to carry the same keys.
-_USAGE_DEFAULTS: dict[str, Any] = {
-    c.name: None for c in UsageEntry.__table__.columns if c.name not in ("id", "time")
-}
+_USAGE_DEFAULTS: dict[str, Any] = {c.name: None for c in UsageEntry.__table__.columns if c.name not in ("id", "time")}
 
 
 class AuditLog:

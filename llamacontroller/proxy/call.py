@@ -141,12 +141,14 @@ class UpstreamCall(Response):
                 await self._in_band(send, message)
 
     async def _open(self, base_url: str) -> aiohttp.ClientResponse:
+        response: aiohttp.ClientResponse
         try:
-            return await self._post(base_url)
+            response = await self._post(base_url)
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
             # A pooled keep-alive connection the engine had already closed: the request never
             # reached it, so it is safe to send once more, on a new connection.
-            return await self._post(base_url)
+            response = await self._post(base_url)
+        return response
 
     def _post(self, base_url: str) -> Any:
         ctx = self.ctx
