@@ -212,6 +212,16 @@ def wait_no_engines(data_dir: Path, timeout: float = 10) -> None:
     assert not left, f"engine processes outlived the controller: {left}"
 
 
+def wait_http(url: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"{url} did not answer within {timeout}s")
+
+
 @contextlib.contextmanager
 def bare_llama_server(model: Path, *args: str) -> Iterator[str]:
     """A llama-server of our own, to compare the controller against a direct connection."""
@@ -238,12 +248,7 @@ def bare_llama_server(model: Path, *args: str) -> Iterator[str]:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            time.sleep(0.05)
+        wait_http(url + "/health")
         yield url
     finally:
         os.killpg(proc.pid, signal.SIGKILL)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +13,7 @@ import httpx
 import ollama
 import pytest
 
-from tests.harness import SMOLLM2, Controller, model_entry, running_controller
+from tests.harness import SMOLLM2, Controller, bare_llama_server, free_port, model_entry, running_controller, wait_http
 
 
 def ollama_client(controller: Controller) -> ollama.Client:
@@ -177,3 +179,36 @@ def test_open_webui_connect_and_chat(controller: Controller) -> None:
         time.sleep(0.5)  # usage rows are written in batches
         rows = admin.get("/api/v1/usage", params={"model": "smollm2-135m"}).json()["entries"]
         assert any((r["client_user"] or {}).get("name") == "alice" for r in rows)
+
+
+def test_translation_needs_only_the_openai_dialect(tmp_path: Path) -> None:
+    """Ollama requests against a model reached only through /v1 (like vLLM, TGI or a remote API)."""
+    log = tmp_path / "paths.log"
+    with bare_llama_server(SMOLLM2, "--embeddings", "--pooling", "mean") as engine:
+        port = free_port()
+        upstream = subprocess.Popen(
+            [sys.executable, str(Path(__file__).parents[1] / "openai_only.py"), engine, str(port), str(log)]
+        )
+        try:
+            wait_http(f"http://127.0.0.1:{port}/v1/models")
+            models = [{"id": "remote-smol", "backend": "remote", "url": f"http://127.0.0.1:{port}"}]
+            with running_controller(tmp_path / "ctl", models=models) as ctl:
+                client = ollama_client(ctl)
+                try:
+                    chat = client.chat(
+                        model="remote-smol", messages=[{"role": "user", "content": "hi"}], options={"num_predict": 4}
+                    )
+                    assert chat.message.content and chat.eval_count
+                    streamed = list(
+                        client.generate(model="remote-smol", prompt="Hi", stream=True, options={"num_predict": 4})
+                    )
+                    assert streamed[-1].done
+                    assert len(client.embed(model="remote-smol", input="x").embeddings[0]) == 576
+                finally:
+                    client._client.close()
+        finally:
+            upstream.terminate()
+            upstream.wait()
+    asked = set(log.read_text().splitlines())
+    assert asked <= {"POST /v1/chat/completions", "POST /v1/embeddings", "GET /v1/models"}, asked
+    assert "POST /v1/chat/completions" in asked
