@@ -90,6 +90,9 @@ class ModelEntry(_Strict):
     ttl: float = Field(0, ge=0, description="Idle seconds before unload; 0 = never.")
     max_concurrency: int = Field(4, gt=0, description="Requests in flight per model; more queue.")
     queue_timeout: float = Field(30.0, ge=0, description="Seconds a request may wait for a slot before 429.")
+    request_timeout: float = Field(
+        600.0, gt=0, description="Seconds the engine may stay silent (before or between chunks) before 504."
+    )
     gpus: list[int] = Field(default_factory=list, description="GPU indexes to pin the model to.")
     start_timeout: float | None = Field(None, gt=0, description="Overrides llamacpp.start_timeout.")
     embedding: bool = Field(False, description="Serve embeddings (adds --embeddings).")

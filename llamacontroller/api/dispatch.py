@@ -68,5 +68,6 @@ def dispatch(
             http=services.supervisor.http(),
             translator=translator,
             on_lease=on_lease,
+            timeout=engine.entry.request_timeout,
         )
     )

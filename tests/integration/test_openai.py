@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -174,3 +175,35 @@ def test_queue_full_is_429_with_retry_after(tmp_path: Path) -> None:
         assert response.status_code == 429
         assert int(response.headers["retry-after"]) >= 1
         assert response.json()["error"]["type"] == "rate_limit_error"
+
+
+def test_silent_engine_is_504(tmp_path: Path) -> None:
+    # An upstream that accepts connections and never answers.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        models = [{"id": "silent", "backend": "remote", "url": url, "request_timeout": 1}]
+        with running_controller(tmp_path, models=models) as ctl:
+            began = time.monotonic()
+            response = httpx.post(
+                f"{ctl.url}/v1/chat/completions",
+                json={"model": "silent", "messages": []},
+                headers=ctl.headers(),
+                timeout=30,
+            )
+            assert response.status_code == 504
+            assert response.json()["error"]["code"] == "upstream_timeout"
+            assert time.monotonic() - began < 5
+
+
+def test_unreachable_engine_is_502(tmp_path: Path) -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{closed.getsockname()[1]}"  # bound, not listening: refused
+        with running_controller(tmp_path, models=[{"id": "gone", "backend": "remote", "url": url}]) as ctl:
+            response = httpx.post(
+                f"{ctl.url}/v1/completions", json={"model": "gone", "prompt": "x"}, headers=ctl.headers()
+            )
+            assert response.status_code == 502
+            assert response.json()["error"]["type"] == "server_error"
