@@ -9,13 +9,17 @@ import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.staticfiles import StaticFiles
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from llamacontroller.api import errors, management, ollama, openai, root, system
+from llamacontroller.auth.ratelimit import TokenLimits
+from llamacontroller.auth.sessions import LoginGuard, Sessions, secret_key
 from llamacontroller.auth.store import AuthStore
 from llamacontroller.config import Settings
 from llamacontroller.db import session as dbsession
@@ -23,10 +27,13 @@ from llamacontroller.db.records import AuditLog, UsageWriter
 from llamacontroller.metrics import Metrics
 from llamacontroller.proxy.limits import ModelGate, QueueBudget
 from llamacontroller.supervisor.manager import Supervisor
+from llamacontroller.web import login
 
 log = logging.getLogger(__name__)
 
 GLOBAL_QUEUE_LIMIT = 1024
+STATIC = Path(__file__).resolve().parents[1] / "static"
+CSP = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; frame-ancestors 'none'"
 
 
 @dataclass
@@ -41,6 +48,9 @@ class Services:
     metrics: Metrics
     gates: dict[str, ModelGate]
     queue_budget: QueueBudget
+    sessions_store: Sessions
+    login_guard: LoginGuard
+    limits: TokenLimits
 
     def gate(self, model_id: str) -> ModelGate:
         return self.gates[model_id]
@@ -87,6 +97,9 @@ async def open_services(settings: Settings) -> Services:
         metrics=metrics,
         gates={},
         queue_budget=QueueBudget(GLOBAL_QUEUE_LIMIT),
+        sessions_store=Sessions(sessions, settings.auth, secret_key(settings.data_dir)),
+        login_guard=LoginGuard(settings.auth.lockout_threshold, settings.auth.lockout_seconds),
+        limits=TokenLimits(),
     )
     services.rebuild_gates()
     return services
@@ -126,6 +139,20 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(management.router)
     app.include_router(ollama.router)
     app.include_router(root.router)
+    app.include_router(login.router)
+    app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next: Any) -> Any:
+        response = await call_next(request)
+        if request.url.path.startswith((f"{settings.root_path}/ui", f"{settings.root_path}/static")):
+            # No inline scripts or styles anywhere in the dashboard: the CSP says so.
+            response.headers.setdefault("Content-Security-Policy", CSP)
+            response.headers.setdefault("X-Content-Type-Options", "nosniff")
+            response.headers.setdefault("X-Frame-Options", "DENY")
+            response.headers.setdefault("Referrer-Policy", "same-origin")
+        return response
+
     return app
 
 

@@ -32,6 +32,7 @@ class LlamaControllerError(Exception):
         self.message = message
         self.param = param
         self.retry_after = retry_after
+        self.headers: dict[str, str] = {}  # extra response headers, e.g. X-RateLimit-*
 
 
 class BadRequest(LlamaControllerError):

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 from fastapi import Depends, Request
 
 from llamacontroller.auth.principal import Principal
+from llamacontroller.auth.sessions import COOKIE, CSRF_HEADER, check_csrf
 from llamacontroller.errors import BadRequest, PayloadTooLarge, Unauthenticated
 
 if TYPE_CHECKING:
@@ -42,6 +43,14 @@ async def get_principal(request: Request) -> Principal:
     services: Services = request.app.state.services
     token = _credential(request)
     if token is None:
+        cookie = request.cookies.get(COOKIE)
+        if cookie:
+            session = await services.sessions_store.lookup(cookie)
+            if session is None:
+                raise Unauthenticated("session expired; log in again")
+            check_csrf(request.method, session.csrf_token, request.headers.get(CSRF_HEADER))
+            request.state.principal = session.principal
+            return session.principal
         if not services.settings.auth.require_api_token and not request.url.path.startswith(
             f"{request.scope.get('root_path', '')}/api/v1/"
         ):

@@ -41,6 +41,7 @@ def dispatch(
 ) -> UpstreamCall:
     engine = services.supervisor.resolve(model)
     principal.require_model(engine.id)
+    release = services.limits.admit(principal)
     rid = request_id(request)
     who = {
         "token_id": principal.token_id,
@@ -50,6 +51,7 @@ def dispatch(
     }
 
     def record(row: dict[str, Any]) -> None:
+        release((row.get("prompt_tokens") or 0) + (row.get("completion_tokens") or 0))
         row.update(who)
         services.usage.add(**row)
         services.metrics.observe_request(row)

@@ -70,7 +70,7 @@ def error_response(
 
 
 def render(dialect: Dialect, exc: LlamaControllerError) -> Response:
-    headers = dict(getattr(exc, "headers", None) or {})
+    headers = dict(exc.headers)
     if exc.retry_after is not None:
         headers["Retry-After"] = str(max(1, round(exc.retry_after)))
     if exc.status == 401:

@@ -17,7 +17,7 @@ from llamacontroller.api import ollama_translate as tr
 from llamacontroller.api.deps import InferenceDep, ServicesDep, parse_json_object, read_body
 from llamacontroller.api.dispatch import dispatch
 from llamacontroller.api.errors import Dialect
-from llamacontroller.errors import BadRequest, ModelNotFound, NotSupported
+from llamacontroller.errors import BadRequest, NotSupported
 from llamacontroller.supervisor.engine import Engine
 from llamacontroller.supervisor.memory import read_gguf
 
@@ -161,8 +161,7 @@ def _engine(services: Any, principal: Any, name: Any) -> Engine:
     if not isinstance(name, str) or not name:
         raise BadRequest("model is required", param="model")
     engine: Engine = services.supervisor.resolve(name)
-    if not principal.may_use(engine.id):
-        raise ModelNotFound(f"model {name!r} not found")
+    principal.require_model(engine.id)
     return engine
 
 

@@ -83,3 +83,18 @@ class UsageEntry(Base):
     duration_ms: Mapped[float] = mapped_column(Float)
     client_ip: Mapped[str | None] = mapped_column(String(64))
     client_user: Mapped[dict[str, Any] | None] = mapped_column(default=None)  # X-OpenWebUI-User-*
+
+
+class WebSession(Base):
+    """A dashboard login. The cookie carries a random id; only its SHA-256 is stored."""
+
+    __tablename__ = "sessions"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+    client_ip: Mapped[str | None] = mapped_column(String(64))
+    user_agent: Mapped[str | None] = mapped_column(String(256))

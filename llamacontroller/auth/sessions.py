@@ -1,0 +1,174 @@
+"""Dashboard sessions, CSRF tokens and the login guard (lockout after repeated failures).
+
+The cookie holds a random session id signed with a key kept in the data dir; the database holds
+only the id's SHA-256, the user, a CSRF token and times. Sessions end on logout (revoked), after
+`session_idle_timeout` without use, or `session_absolute_timeout` after login.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+import time
+from collections import defaultdict, deque
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from itsdangerous import BadSignature, URLSafeSerializer
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from llamacontroller.auth.principal import ROLE_SCOPES, Principal
+from llamacontroller.config import AuthConfig
+from llamacontroller.db.models import User, WebSession
+from llamacontroller.errors import Forbidden, Overloaded
+
+COOKIE = "lc_session"
+CSRF_HEADER = "x-csrf-token"
+CSRF_FIELD = "csrf_token"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+TOUCH_EVERY = timedelta(seconds=60)  # last_seen_at is written at most once a minute
+
+
+def secret_key(data_dir: Path) -> bytes:
+    """The cookie-signing key: made once, kept in the data dir with owner-only permissions."""
+    path = data_dir / "secret_key"
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    return path.read_text().strip().encode()
+
+
+def _hash(session_id: str) -> str:
+    return hashlib.sha256(session_id.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    principal: Principal
+    csrf_token: str
+    id_hash: str
+
+
+class Sessions:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], config: AuthConfig, key: bytes) -> None:
+        self.db = sessions
+        self.config = config
+        self.signer = URLSafeSerializer(key, salt="llamacontroller-session")
+
+    async def create(self, user: User, client_ip: str | None, user_agent: str | None) -> tuple[str, str]:
+        """A new session for `user`: (cookie value, csrf token)."""
+        session_id = secrets.token_urlsafe(32)
+        csrf = secrets.token_urlsafe(32)
+        async with self.db() as db:
+            db.add(
+                WebSession(
+                    id_hash=_hash(session_id),
+                    user_id=user.id,
+                    csrf_token=csrf,
+                    client_ip=client_ip,
+                    user_agent=(user_agent or "")[:256] or None,
+                )
+            )
+            await db.commit()
+        return self.signer.dumps(session_id), csrf
+
+    async def lookup(self, cookie: str) -> SessionInfo | None:
+        try:
+            session_id = self.signer.loads(cookie)
+        except BadSignature:
+            return None
+        if not isinstance(session_id, str):
+            return None
+        id_hash = _hash(session_id)
+        now = datetime.now(UTC)
+        async with self.db() as db:
+            row = (
+                await db.execute(
+                    select(WebSession, User)
+                    .join(User, User.id == WebSession.user_id)
+                    .where(WebSession.id_hash == id_hash)
+                )
+            ).first()
+            if row is None:
+                return None
+            session, user = row
+            created, seen = _aware(session.created_at), _aware(session.last_seen_at)
+            if (
+                session.revoked_at is not None
+                or user.disabled
+                or now - seen > timedelta(seconds=self.config.session_idle_timeout)
+                or now - created > timedelta(seconds=self.config.session_absolute_timeout)
+            ):
+                return None
+            if now - seen > TOUCH_EVERY:
+                await db.execute(update(WebSession).where(WebSession.id_hash == id_hash).values(last_seen_at=now))
+                await db.commit()
+        principal = Principal(user.id, user.username, user.role, scopes=ROLE_SCOPES.get(user.role, frozenset()))
+        return SessionInfo(principal, session.csrf_token, id_hash)
+
+    async def revoke(self, id_hash: str) -> None:
+        async with self.db() as db:
+            await db.execute(
+                update(WebSession).where(WebSession.id_hash == id_hash).values(revoked_at=datetime.now(UTC))
+            )
+            await db.commit()
+
+    async def revoke_user(self, user_id: int) -> None:
+        async with self.db() as db:
+            await db.execute(
+                update(WebSession)
+                .where(WebSession.user_id == user_id, WebSession.revoked_at.is_(None))
+                .values(revoked_at=datetime.now(UTC))
+            )
+            await db.commit()
+
+
+def check_csrf(method: str, expected: str, given: str | None) -> None:
+    """State-changing requests made with a session cookie must echo the session's CSRF token."""
+    if method in SAFE_METHODS:
+        return
+    if not given or not hmac.compare_digest(expected, given):
+        raise Forbidden("missing or wrong CSRF token")
+
+
+class LoginGuard:
+    """Counts failed logins per user and per client IP; too many within the lockout period lock
+    that user (or IP) out until the period has passed since the last failure. In memory: a
+    restart forgets the counts (several controllers each count their own)."""
+
+    def __init__(self, threshold: int, seconds: float) -> None:
+        self.threshold = threshold
+        self.seconds = seconds
+        self._failures: dict[str, deque[float]] = defaultdict(deque)
+
+    def _recent(self, key: str, now: float) -> deque[float]:
+        failures = self._failures[key]
+        while failures and now - failures[0] > self.seconds:
+            failures.popleft()
+        return failures
+
+    def check(self, username: str, ip: str | None) -> None:
+        now = time.monotonic()
+        for key in (f"user:{username.lower()}", f"ip:{ip}"):
+            failures = self._recent(key, now)
+            if len(failures) >= self.threshold:
+                wait = self.seconds - (now - failures[-1])
+                raise Overloaded(f"too many failed logins; try again in {wait:.0f}s", retry_after=wait)
+
+    def failed(self, username: str, ip: str | None) -> None:
+        now = time.monotonic()
+        for key in (f"user:{username.lower()}", f"ip:{ip}"):
+            self._recent(key, now).append(now)
+
+    def succeeded(self, username: str) -> None:
+        self._failures.pop(f"user:{username.lower()}", None)
+
+
+def _aware(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value

@@ -1,0 +1,98 @@
+"""Dashboard login and logout. Login has its own CSRF check (a double-submit cookie), since there
+is no session yet to hold a token."""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Form, Request
+from fastapi.templating import Jinja2Templates
+from starlette.responses import RedirectResponse, Response
+
+from llamacontroller.api.deps import ServicesDep, client_ip
+from llamacontroller.api.management import audit
+from llamacontroller.auth.sessions import COOKIE, CSRF_FIELD
+from llamacontroller.errors import LlamaControllerError
+
+router = APIRouter(prefix="/ui", include_in_schema=False)
+templates = Jinja2Templates(directory=str(Path(__file__).resolve().parents[2] / "templates"))
+LOGIN_CSRF_COOKIE = "lc_login_csrf"
+
+
+def _root(request: Request) -> str:
+    return str(request.scope.get("root_path", ""))
+
+
+def _cookie_args(request: Request) -> dict[str, Any]:
+    # Secure when the client reached us over HTTPS (directly, or per a trusted proxy's headers).
+    return {"httponly": True, "samesite": "lax", "secure": request.url.scheme == "https", "path": _root(request) or "/"}
+
+
+def _login_page(request: Request, error: str | None = None, status: int = 200) -> Response:
+    token = secrets.token_urlsafe(24)
+    response = templates.TemplateResponse(
+        request, "login.html", {"csrf_token": token, "error": error, "root": _root(request)}, status_code=status
+    )
+    response.set_cookie(LOGIN_CSRF_COOKIE, token, max_age=3600, **_cookie_args(request))
+    return response
+
+
+@router.get("/login")
+async def login_form(request: Request) -> Response:
+    return _login_page(request)
+
+
+@router.post("/login")
+async def login(
+    request: Request,
+    services: ServicesDep,
+    username: str = Form(""),
+    password: str = Form(""),
+    csrf_token: str = Form("", alias=CSRF_FIELD),
+) -> Response:
+    expected = request.cookies.get(LOGIN_CSRF_COOKIE, "")
+    if not expected or not hmac.compare_digest(expected, csrf_token):
+        return _login_page(request, "Your login form expired; please try again.", 403)
+    ip = client_ip(request)
+    guard = services.login_guard
+    try:
+        guard.check(username, ip)
+    except LlamaControllerError as exc:
+        await audit(services, request, None, "login.failure", f"user:{username[:64]}", result="error: locked out")
+        return _login_page(request, exc.message, 429)
+    user = await services.auth.authenticate_password(username, password)
+    if user is None:
+        guard.failed(username, ip)
+        await audit(
+            services,
+            request,
+            None,
+            "login.failure",
+            f"user:{username[:64]}",
+            result="error: wrong username or password",
+        )
+        return _login_page(request, "Wrong username or password.", 401)
+    guard.succeeded(username)
+    cookie, _csrf = await services.sessions_store.create(user, ip, request.headers.get("user-agent"))
+    await audit(services, request, None, "login.success", f"user:{user.username}")
+    response = RedirectResponse(f"{_root(request)}/ui/", status_code=303)
+    response.set_cookie(COOKIE, cookie, **_cookie_args(request))
+    response.delete_cookie(LOGIN_CSRF_COOKIE, path=_root(request) or "/")
+    return response
+
+
+@router.post("/logout")
+async def logout(request: Request, services: ServicesDep, csrf_token: str = Form("", alias=CSRF_FIELD)) -> Response:
+    cookie = request.cookies.get(COOKIE)
+    session = await services.sessions_store.lookup(cookie) if cookie else None
+    if session is not None:
+        if not hmac.compare_digest(session.csrf_token, csrf_token):
+            return Response("missing or wrong CSRF token", status_code=403)
+        await services.sessions_store.revoke(session.id_hash)
+        await audit(services, request, session.principal, "logout", f"user:{session.principal.username}")
+    response = RedirectResponse(f"{_root(request)}/ui/login", status_code=303)
+    response.delete_cookie(COOKIE, path=_root(request) or "/")
+    return response
