@@ -31,7 +31,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.proxy import router_mode
-from tests.harness import SMOLLM2, free_port, llama_server_bin, model_entry, running_controller
+from tests.harness import SMOLLM2, die_with_parent, free_port, llama_server_bin, model_entry, running_controller
 
 BODY = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1, "stream": True}
 
@@ -76,6 +76,7 @@ def bare_run() -> tuple[float, float]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
+        preexec_fn=die_with_parent,
     )
     try:
         while True:

@@ -29,7 +29,15 @@ import aiohttp
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.harness import SMOLLM2, bare_llama_server, free_port, llama_server_bin, model_entry, running_controller
+from tests.harness import (
+    SMOLLM2,
+    bare_llama_server,
+    die_with_parent,
+    free_port,
+    llama_server_bin,
+    model_entry,
+    running_controller,
+)
 
 CHAT = {
     "messages": [{"role": "user", "content": "Write a short poem about the sea."}],
@@ -100,7 +108,7 @@ async def stream_round(session: aiohttp.ClientSession, target: Target, concurren
                             tokens += 1
                             if first is None:
                                 first = time.perf_counter() - began
-            except aiohttp.ClientError as exc:
+            except (aiohttp.ClientError, TimeoutError) as exc:
                 print(f"{target.name}: {type(exc).__name__}: {exc}", file=sys.stderr)
                 sample.errors += 1
                 continue
@@ -128,7 +136,8 @@ async def tokenize_round(session: aiohttp.ClientSession, target: Target, concurr
                 async with session.post(target.url + "/tokenize", data=body, headers=headers) as r:
                     await r.read()
                     ok = r.status == 200
-            except aiohttp.ClientError:
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                print(f"{target.name}: {type(exc).__name__}: {exc}", file=sys.stderr)
                 ok = False
             if ok:
                 sample.requests += 1
@@ -165,6 +174,7 @@ def router_mode() -> Iterator[str]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
+        preexec_fn=die_with_parent,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -192,7 +202,9 @@ async def warm(session: aiohttp.ClientSession, target: Target) -> None:
 async def measure(targets: list[Target], rounds: int, seconds: float) -> dict[tuple[str, str], Sample]:
     results: dict[tuple[str, str], Sample] = {}
     connector = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=300)) as session:
+    # A request silent for 30 s counts as an error rather than stalling the run.
+    timeout = aiohttp.ClientTimeout(total=None, sock_read=30)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         for target in targets:
             await warm(session, target)
         for _ in range(rounds):

@@ -27,7 +27,7 @@ from llamacontroller.db.records import AuditLog, UsageWriter
 from llamacontroller.metrics import Metrics
 from llamacontroller.proxy.limits import ModelGate, QueueBudget
 from llamacontroller.supervisor.manager import Supervisor
-from llamacontroller.web import login
+from llamacontroller.web import login, pages
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +140,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(ollama.router)
     app.include_router(root.router)
     app.include_router(login.router)
+    app.include_router(pages.router)
+    pages.install(app)
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
 
     @app.middleware("http")

@@ -24,6 +24,13 @@ SMOLLM2 = MODELS / "SmolLM2-135M-Instruct.Q4_1.gguf"
 GEMMA3 = MODELS / "gemma-3-270m-q4_k_m.gguf"
 
 
+def die_with_parent() -> None:
+    """Children of the test run die with it, even when it is killed (same as the controller's)."""
+    from llamacontroller.supervisor.spawn import _die_with_parent
+
+    _die_with_parent()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -180,6 +187,7 @@ def start_controller(
         cwd=root,
         stdout=log,
         stderr=subprocess.STDOUT,
+        preexec_fn=die_with_parent,
     )
     controller = Controller(root, port, proc, password, env, log)
     deadline = time.monotonic() + 60
@@ -245,6 +253,7 @@ def bare_llama_server(model: Path, *args: str) -> Iterator[str]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
+        preexec_fn=die_with_parent,
     )
     url = f"http://127.0.0.1:{port}"
     try:

@@ -8,6 +8,7 @@ Never an HTML page or a traceback.
 
 from __future__ import annotations
 
+import html
 import json
 import logging
 from enum import StrEnum
@@ -27,6 +28,7 @@ class Dialect(StrEnum):
     OPENAI = "openai"
     OLLAMA = "ollama"
     MANAGEMENT = "management"
+    HTML = "html"  # the dashboard
 
 
 OPENAI_TYPES = {
@@ -41,6 +43,8 @@ OPENAI_TYPES = {
 
 
 def dialect_for(path: str) -> Dialect:
+    if path.startswith("/ui"):
+        return Dialect.HTML
     if path.startswith("/api/v1/") or path == "/api/v1":
         return Dialect.MANAGEMENT
     if path.startswith("/api/"):
@@ -65,6 +69,13 @@ def error_response(
     param: str | None = None,
     headers: dict[str, str] | None = None,
 ) -> Response:
+    if dialect is Dialect.HTML:
+        page = (
+            '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Error</title></head>'
+            f'<body><main><h1>{status}</h1><p role="alert">{html.escape(message)}</p>'
+            '<p><a href="./">Back to the dashboard</a></p></main></body></html>'
+        )
+        return Response(page, status_code=status, media_type="text/html", headers=headers)
     body = json.dumps(error_body(dialect, status, message, code, param)).encode()
     return Response(body, status_code=status, media_type="application/json", headers=headers)
 

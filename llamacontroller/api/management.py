@@ -6,7 +6,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
@@ -22,6 +22,9 @@ from llamacontroller.supervisor.memory import available_bytes, gpu_inventory
 router = APIRouter(prefix="/api/v1", tags=["management"])
 
 SSE_KEEPALIVE = 15.0
+# Plain defaults (not Query(...) objects) so the dashboard can call these handlers directly.
+Limit = Annotated[int, Query(ge=1, le=1000)]
+Offset = Annotated[int, Query(ge=0)]
 
 
 class _In(BaseModel):
@@ -319,8 +322,8 @@ async def list_audit(
     target: str | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
-    limit: int = Query(100, ge=1, le=1000),
-    offset: int = Query(0, ge=0),
+    limit: Limit = 100,
+    offset: Offset = 0,
 ) -> dict[str, Any]:
     query = select(AuditEntry).order_by(AuditEntry.id.desc())
     for column, value in ((AuditEntry.actor, actor), (AuditEntry.action, action), (AuditEntry.target, target)):
@@ -345,8 +348,8 @@ async def list_usage(
     since: datetime | None = None,
     until: datetime | None = None,
     group_by: Literal["token", "model", "day"] | None = None,
-    limit: int = Query(100, ge=1, le=1000),
-    offset: int = Query(0, ge=0),
+    limit: Limit = 100,
+    offset: Offset = 0,
 ) -> dict[str, Any]:
     filters = []
     for column, value in ((UsageEntry.token_id, token_id), (UsageEntry.model, model), (UsageEntry.username, username)):

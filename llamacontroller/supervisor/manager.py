@@ -205,9 +205,12 @@ class Supervisor:
                     and engine.in_flight == 0
                     and now - engine.last_used >= engine.ttl
                 ):
-                    self._in_background(engine.stop(drain=0, force=False, reason=f"idle for {engine.ttl:g}s"))
+                    self.in_background(engine.stop(drain=0, force=False, reason=f"idle for {engine.ttl:g}s"))
 
-    def _in_background(self, coro: Any) -> None:
+    def in_background(self, coro: Any) -> None:
+        """Run `coro` as a task the supervisor owns (awaited on close); its LlamaControllerError
+        is the outcome, not a crash: the state and the audit log record it."""
+
         async def run() -> None:
             with contextlib.suppress(LlamaControllerError):  # e.g. a request arrived: stays loaded
                 await coro

@@ -13,7 +13,16 @@ import httpx
 import ollama
 import pytest
 
-from tests.harness import SMOLLM2, Controller, bare_llama_server, free_port, model_entry, running_controller, wait_http
+from tests.harness import (
+    SMOLLM2,
+    Controller,
+    bare_llama_server,
+    die_with_parent,
+    free_port,
+    model_entry,
+    running_controller,
+    wait_http,
+)
 
 
 def ollama_client(controller: Controller) -> ollama.Client:
@@ -187,7 +196,8 @@ def test_translation_needs_only_the_openai_dialect(tmp_path: Path) -> None:
     with bare_llama_server(SMOLLM2, "--embeddings", "--pooling", "mean") as engine:
         port = free_port()
         upstream = subprocess.Popen(
-            [sys.executable, str(Path(__file__).parents[1] / "openai_only.py"), engine, str(port), str(log)]
+            [sys.executable, str(Path(__file__).parents[1] / "openai_only.py"), engine, str(port), str(log)],
+            preexec_fn=die_with_parent,
         )
         try:
             wait_http(f"http://127.0.0.1:{port}/v1/models")
