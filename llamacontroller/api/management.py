@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import Date, cast, func, select
+from sqlalchemy import Date, String, cast, func, select, type_coerce
 from starlette.responses import StreamingResponse
 
 from llamacontroller.api.deps import AdminDep, ManagerDep, PrincipalDep, ServicesDep, client_ip
@@ -162,7 +162,7 @@ async def model_logs(
             "lines": [{"seq": ln.seq, "time": ln.time, "text": ln.text} for ln in engine.log.tail(lines)],
         }
     tail = engine.log.tail(lines)
-    since = tail[0].seq - 1 if tail else 0
+    since = tail[0].seq - 1 if tail else engine.log.last_seq  # lines=0: only what comes next
 
     async def events() -> AsyncIterator[dict[str, Any]]:
         async for line in engine.log.follow(since):
@@ -363,7 +363,12 @@ async def list_usage(
         if group_by is None:
             query = select(UsageEntry).where(*filters).order_by(UsageEntry.id.desc()).limit(limit).offset(offset)
             return {"entries": [_row(r) for r in await db.scalars(query)], "limit": limit, "offset": offset}
-        key = {"token": UsageEntry.token_id, "model": UsageEntry.model, "day": cast(UsageEntry.time, Date)}[group_by]
+        day: Any = (
+            type_coerce(func.date(UsageEntry.time), String)  # SQLite: CAST(.. AS DATE) yields a number
+            if services.db.dialect.name == "sqlite"
+            else cast(UsageEntry.time, Date)
+        )
+        key = {"token": UsageEntry.token_id, "model": UsageEntry.model, "day": day}[group_by]
         grouped: Any = (
             select(
                 key.label("key"),

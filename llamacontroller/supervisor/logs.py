@@ -46,6 +46,10 @@ class EngineLog:
             with contextlib.suppress(asyncio.QueueFull):
                 queue.put_nowait(line)  # a slow follower misses lines rather than stalling the engine
 
+    @property
+    def last_seq(self) -> int:
+        return self._seq
+
     def tail(self, n: int = 100) -> list[LogLine]:
         return list(self.lines)[-n:] if n > 0 else []
 

@@ -158,3 +158,24 @@ def test_usable_at_375_px(browser: Browser, ui: Controller) -> None:
     width = page.evaluate("document.documentElement.scrollWidth")
     assert width <= 380, width  # wide tables scroll inside their box, the page does not
     context.close()
+
+
+def test_admin_pages_render(page: Page, ui: Controller) -> None:
+    with ui.client() as api:
+        api.post("/v1/completions", json={"model": "smollm2-135m", "prompt": "hi", "max_tokens": 2})
+    page.wait_for_timeout(500)  # usage rows are written in batches
+    log_in(page, ui)
+    for path, heading in (
+        ("/ui/usage", "Usage"),
+        ("/ui/audit", "Audit log"),
+        ("/ui/users", "Users"),
+        ("/ui/password", "Change your password"),
+    ):
+        response = page.goto(ui.url + path)
+        assert response is not None and response.status == 200, path
+        expect(page.get_by_role("heading", level=1)).to_have_text(heading)
+        assert response.headers["content-security-policy"].startswith("default-src 'self'")
+    page.goto(ui.url + "/ui/usage")
+    expect(page.locator("svg.chart").first).to_be_visible()
+    page.goto(ui.url + "/ui/audit?action=login.success")
+    expect(page.locator("tbody tr").first).to_contain_text("login.success")
