@@ -43,6 +43,7 @@ bench: setup
 	$(BIN)/python bench/proxy.py
 	$(BIN)/python bench/coldstart.py
 	$(BIN)/python bench/auth.py
+	$(BIN)/python bench/upstream_clients.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -38,6 +38,7 @@ def dispatch(
     stream: bool,
     translator: Translator | None = None,
     on_lease: Callable[[], None] | None = None,
+    upstream_stream: bool | None = None,
 ) -> UpstreamCall:
     engine = services.supervisor.resolve(model)
     principal.require_model(engine.id)
@@ -71,5 +72,6 @@ def dispatch(
             translator=translator,
             on_lease=on_lease,
             timeout=engine.entry.request_timeout,
+            upstream_stream=upstream_stream,
         )
     )

@@ -199,6 +199,7 @@ async def _generate_or_chat(request: Request, services: Any, principal: Any, kin
         stream=stream,
         translator=translator,
         on_lease=on_lease,
+        upstream_stream=True,  # Ollama answers are always streamed from the engine, then joined if asked
     )
 
 

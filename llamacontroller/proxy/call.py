@@ -80,6 +80,7 @@ class CallContext:
     translator: Translator | None = None
     on_lease: Callable[[], None] | None = None  # e.g. Ollama's keep_alive, once the model is ready
     timeout: float = 600.0
+    upstream_stream: bool | None = None  # the engine streams (SSE) even when the client did not ask to
 
 
 class UpstreamCall(Response):
@@ -88,7 +89,7 @@ class UpstreamCall(Response):
         self.ctx = ctx
         self.status = 0  # what the client got; 0 until the response starts
         self.ttft: float | None = None
-        self.tap = UsageTap(stream=ctx.stream)
+        self.tap = UsageTap(stream=ctx.stream if ctx.upstream_stream is None else ctx.upstream_stream)
         self.began = time.perf_counter()
         self.error: str | None = None
 

@@ -7,7 +7,8 @@ from html import escape
 
 from markupsafe import Markup
 
-WIDTH, BAR, GAP, LABEL = 640, 22, 6, 180
+# A narrow viewBox: the chart is scaled to its card, so fewer units mean larger text.
+WIDTH, BAR, GAP, LABEL = 360, 18, 5, 100
 
 
 def bar_chart(data: Sequence[tuple[object, int | float]], unit: str) -> Markup:
@@ -18,13 +19,13 @@ def bar_chart(data: Sequence[tuple[object, int | float]], unit: str) -> Markup:
     rows = []
     for i, (label, value) in enumerate(data):
         y = i * (BAR + GAP)
-        width = max(1.0, (WIDTH - LABEL - 90) * value / peak)
+        width = max(1.0, (WIDTH - LABEL - 50) * value / peak)
         text = escape(str(label))
         rows.append(
-            f'<text x="0" y="{y + 16}" class="label">{text}</text>'
+            f'<text x="0" y="{y + 13}" class="label">{text}</text>'
             f'<rect x="{LABEL}" y="{y}" width="{width:.1f}" height="{BAR}" class="bar"><title>{text}: {value:,} '
             f"{escape(unit)}</title></rect>"
-            f'<text x="{LABEL + width + 6:.1f}" y="{y + 16}" class="value">{value:,}</text>'
+            f'<text x="{LABEL + width + 4:.1f}" y="{y + 13}" class="value">{value:,}</text>'
         )
     return Markup(  # noqa: S704 - every label is escaped above; the rest are numbers
         f'<svg class="chart" viewBox="0 0 {WIDTH} {height}" width="100%" role="img" '
