@@ -18,10 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,7 +28,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.proxy import router_mode
-from tests.harness import SMOLLM2, die_with_parent, free_port, llama_server_bin, model_entry, running_controller
+from tests.harness import SMOLLM2, llama_server_process, model_entry, running_controller
 
 BODY = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1, "stream": True}
 
@@ -54,42 +51,15 @@ def first_token(url: str, model: str, headers: dict[str, str] | None = None) -> 
 
 
 def bare_run() -> tuple[float, float]:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
     began = time.perf_counter()
-    proc = subprocess.Popen(
-        [
-            llama_server_bin(),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "-m",
-            str(SMOLLM2),
-            "-c",
-            "2048",
-            "--threads",
-            "2",
-            "--no-webui",
-            "--metrics",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-        preexec_fn=die_with_parent,
-    )
-    try:
+    with llama_server_process("-m", str(SMOLLM2), "--metrics") as (url, _):
         while True:
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(url + "/health", timeout=1).status_code == 200:
                     break
             time.sleep(0.005)
         healthy = time.perf_counter() - began
-        token = healthy + first_token(url, "x")
-        return healthy, token
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        return healthy, healthy + first_token(url, "x")
 
 
 def main() -> None:

@@ -15,9 +15,7 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,11 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.harness import (
     SMOLLM2,
     bare_llama_server,
-    die_with_parent,
-    free_port,
-    llama_server_bin,
+    llama_server_process,
     model_entry,
     running_controller,
+    wait_http,
 )
 
 CHAT = {
@@ -155,43 +152,9 @@ async def tokenize_round(session: aiohttp.ClientSession, target: Target, concurr
 def router_mode() -> Iterator[str]:
     models = Path(tempfile.mkdtemp(prefix="router-models-"))
     (models / SMOLLM2.name).symlink_to(SMOLLM2)
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            llama_server_bin(),
-            "--models-dir",
-            str(models),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "-c",
-            "2048",
-            "--threads",
-            "2",
-            "--no-webui",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-        preexec_fn=die_with_parent,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            time.sleep(0.1)
+    with llama_server_process("--models-dir", str(models)) as (url, _):
+        wait_http(url + "/health")
         yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 async def warm(session: aiohttp.ClientSession, target: Target) -> None:

@@ -24,8 +24,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.harness import SMOLLM2, bare_llama_server
 
 TOKENIZE = json.dumps({"content": "The quick brown fox jumps over the lazy dog."}).encode()
-CHAT = json.dumps({"messages": [{"role": "user", "content": "Write about the sea."}], "max_tokens": 32,
-                   "ignore_eos": True, "stream": True}).encode()
+CHAT = json.dumps(
+    {
+        "messages": [{"role": "user", "content": "Write about the sea."}],
+        "max_tokens": 32,
+        "ignore_eos": True,
+        "stream": True,
+    }
+).encode()
 HEADERS = {"Content-Type": "application/json"}
 
 
@@ -65,10 +71,12 @@ async def tokenize_httpx(url: str, seconds: float) -> tuple[int, list[float]]:
 async def stream_aiohttp(url: str, requests: int) -> int:
     chunks = 0
     async with aiohttp.ClientSession() as session:
+
         async def one() -> None:
             nonlocal chunks
-            async with session.post(url + "/v1/chat/completions", data=CHAT,
-                                    headers={**HEADERS, "Connection": "close"}) as r:
+            async with session.post(
+                url + "/v1/chat/completions", data=CHAT, headers={**HEADERS, "Connection": "close"}
+            ) as r:
                 async for _ in r.content.iter_any():
                     chunks += 1
 
@@ -80,10 +88,12 @@ async def stream_aiohttp(url: str, requests: int) -> int:
 async def stream_httpx(url: str, requests: int) -> int:
     chunks = 0
     async with httpx.AsyncClient(timeout=120) as client:
+
         async def one() -> None:
             nonlocal chunks
-            async with client.stream("POST", url + "/v1/chat/completions", content=CHAT,
-                                     headers={**HEADERS, "Connection": "close"}) as r:
+            async with client.stream(
+                "POST", url + "/v1/chat/completions", content=CHAT, headers={**HEADERS, "Connection": "close"}
+            ) as r:
                 async for _ in r.aiter_raw():
                     chunks += 1
 
@@ -100,8 +110,10 @@ def main() -> None:
     results: dict[str, dict[str, list[float]]] = {c: {"rps": [], "lat": [], "tps": []} for c in ("aiohttp", "httpx")}
     with bare_llama_server(SMOLLM2) as url:
         for _ in range(args.rounds):
-            for name, tok, stream in (("aiohttp", tokenize_aiohttp, stream_aiohttp),
-                                      ("httpx", tokenize_httpx, stream_httpx)):
+            for name, tok, stream in (
+                ("aiohttp", tokenize_aiohttp, stream_aiohttp),
+                ("httpx", tokenize_httpx, stream_httpx),
+            ):
                 count, latencies = asyncio.run(tok(url, args.seconds))
                 results[name]["rps"].append(count / args.seconds)
                 results[name]["lat"].extend(latencies)
@@ -113,8 +125,10 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|")
     for name, r in results.items():
         lat = sorted(r["lat"])
-        print(f"| {name} | {statistics.mean(r['rps']):,.0f} | {statistics.median(lat) * 1000:.2f} | "
-              f"{lat[int(len(lat) * 0.99)] * 1000:.2f} | {statistics.mean(r['tps']):,.1f} |")
+        print(
+            f"| {name} | {statistics.mean(r['rps']):,.0f} | {statistics.median(lat) * 1000:.2f} | "
+            f"{lat[int(len(lat) * 0.99)] * 1000:.2f} | {statistics.mean(r['tps']):,.1f} |"
+        )
 
 
 if __name__ == "__main__":

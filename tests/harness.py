@@ -230,35 +230,31 @@ def wait_http(url: str, timeout: float = 60) -> None:
     raise RuntimeError(f"{url} did not answer within {timeout}s")
 
 
+ENGINE_FLAGS = ("-c", "2048", "--threads", "2", "--no-webui")
+
+
 @contextlib.contextmanager
-def bare_llama_server(model: Path, *args: str) -> Iterator[str]:
-    """A llama-server of our own, to compare the controller against a direct connection."""
+def llama_server_process(*args: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """Any llama-server (one model, or router mode) on a free port; dies with the test run and is
+    killed, whole process group, on exit. Yields its URL at once, before it is healthy."""
     port = free_port()
     proc = subprocess.Popen(
-        [
-            llama_server_bin(),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "-m",
-            str(model),
-            "-c",
-            "2048",
-            "--threads",
-            "2",
-            "--no-webui",
-            *args,
-        ],
+        [llama_server_bin(), "--host", "127.0.0.1", "--port", str(port), *ENGINE_FLAGS, *args],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
         preexec_fn=die_with_parent,
     )
-    url = f"http://127.0.0.1:{port}"
     try:
-        wait_http(url + "/health")
-        yield url
+        yield f"http://127.0.0.1:{port}", proc
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+@contextlib.contextmanager
+def bare_llama_server(model: Path, *args: str) -> Iterator[str]:
+    """A llama-server of our own, to compare the controller against a direct connection."""
+    with llama_server_process("-m", str(model), *args) as (url, _):
+        wait_http(url + "/health")
+        yield url

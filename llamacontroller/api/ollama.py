@@ -234,46 +234,49 @@ async def chat(request: Request, services: ServicesDep, principal: InferenceDep)
     return await _generate_or_chat(request, services, principal, "chat")
 
 
+def _embeddings(
+    request: Request,
+    services: Any,
+    principal: Any,
+    engine: Engine,
+    upstream: dict[str, Any],
+    translator: tr.JSONTranslator,
+    keep_alive: float | None = None,
+) -> Response:
+    upstream["model"] = engine.id
+    return dispatch(
+        request,
+        services,
+        principal,
+        dialect=Dialect.OLLAMA,
+        model=engine.id,
+        upstream_path="/v1/embeddings",
+        body=json.dumps(upstream).encode(),
+        stream=False,
+        translator=translator,
+        on_lease=lambda: _apply_keep_alive(engine, keep_alive),
+    )
+
+
 @router.post("/api/embed")
 async def embed(request: Request, services: ServicesDep, principal: InferenceDep) -> Response:
     began = time.perf_counter()
     body = parse_json_object(await read_body(request))
     engine = _engine(services, principal, body.get("model"))
-    upstream = tr.embed_request(body)
-    upstream["model"] = engine.id
+    translator = tr.JSONTranslator(tr.embed_response(_tag(engine.id), began))
     keep_alive = tr.parse_keep_alive(body.get("keep_alive"))
-    return dispatch(
-        request,
-        services,
-        principal,
-        dialect=Dialect.OLLAMA,
-        model=engine.id,
-        upstream_path="/v1/embeddings",
-        body=json.dumps(upstream).encode(),
-        stream=False,
-        translator=tr.JSONTranslator(tr.embed_response(_tag(engine.id), began)),
-        on_lease=lambda: _apply_keep_alive(engine, keep_alive),
-    )
+    return _embeddings(request, services, principal, engine, tr.embed_request(body), translator, keep_alive)
 
 
 @router.post("/api/embeddings")
 async def embeddings(request: Request, services: ServicesDep, principal: InferenceDep) -> Response:
+    """The legacy endpoint: one `prompt` in, one `embedding` out."""
     body = parse_json_object(await read_body(request))
     engine = _engine(services, principal, body.get("model"))
     if not isinstance(body.get("prompt"), str):
         raise BadRequest("prompt must be a string", param="prompt")
-    upstream = {"model": engine.id, "input": [body["prompt"]], "encoding_format": "float"}
-    return dispatch(
-        request,
-        services,
-        principal,
-        dialect=Dialect.OLLAMA,
-        model=engine.id,
-        upstream_path="/v1/embeddings",
-        body=json.dumps(upstream).encode(),
-        stream=False,
-        translator=tr.JSONTranslator(tr.legacy_embedding_response),
-    )
+    upstream = {"input": [body["prompt"]], "encoding_format": "float"}
+    return _embeddings(request, services, principal, engine, upstream, tr.JSONTranslator(tr.legacy_embedding_response))
 
 
 @router.post("/api/pull")

@@ -204,6 +204,10 @@ class UpstreamCall(Response):
             out = translator.feed(chunk) if translator is not None else chunk
             if out:
                 await send({"type": "http.response.body", "body": out, "more_body": True})
+        is_sse = upstream.headers.get("content-type", "").startswith("text/event-stream")
+        if upstream.status < 400 and is_sse and not self.tap.finished():
+            # An OpenAI stream always ends with "data: [DONE]"; without it the engine stopped early.
+            raise UpstreamError(f"the engine for {ctx.engine.id!r} ended the stream early")
         tail = translator.finish() if translator is not None else b""
         await send({"type": "http.response.body", "body": tail})
         if upstream.status >= 400:

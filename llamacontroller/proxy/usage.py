@@ -26,6 +26,10 @@ class UsageTap:
                 self._overflow = True
                 self._buf.clear()
 
+    def finished(self) -> bool:
+        """A stream ended the OpenAI way, with `data: [DONE]`."""
+        return b"data: [DONE]" in self._buf
+
     def _final_objects(self) -> list[dict[str, Any]]:
         if not self.stream:
             try:

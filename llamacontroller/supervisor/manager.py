@@ -86,7 +86,9 @@ class Supervisor:
     def http(self) -> aiohttp.ClientSession:
         """The pooled client used for health checks and for proxying to every engine."""
         if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=None)
+            # keepalive_timeout below llama-server's own 5 s: reusing a connection the engine is
+            # closing at that very moment truncated a stream after its first event (seen in CI).
+            connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=None, keepalive_timeout=4)
             self._session = aiohttp.ClientSession(
                 connector=connector, timeout=aiohttp.ClientTimeout(total=None), auto_decompress=False
             )

@@ -167,20 +167,17 @@ async def model_detail(model_id: str, request: Request, services: ServicesDep) -
 # --------------------------------------------------------------------------------- tokens
 
 
+async def _tokens_page(request: Request, services: Any, session: SessionInfo, created: str | None) -> Response:
+    owner = None if session.principal.is_admin else session.principal.user_id
+    rows = [management.token_public(t, u) for t, u in await services.auth.list_tokens(owner)]
+    models = [e.id for e in services.supervisor.engines.values()]
+    return render(request, session, "tokens.html", tokens=rows, scopes=SCOPES, models=models, created=created)
+
+
 @router.get("/tokens")
 async def tokens_page(request: Request, services: ServicesDep) -> Response:
     session = await current(request, services)
-    owner = None if session.principal.is_admin else session.principal.user_id
-    rows = [management.token_public(t, u) for t, u in await services.auth.list_tokens(owner)]
-    return render(
-        request,
-        session,
-        "tokens.html",
-        tokens=rows,
-        scopes=SCOPES,
-        models=[e.id for e in services.supervisor.engines.values()],
-        created=None,
-    )
+    return await _tokens_page(request, services, session, created=None)
 
 
 @router.post("/tokens")
@@ -198,17 +195,7 @@ async def create_token(request: Request, services: ServicesDep) -> Response:
     await management.audit(
         services, request, principal, "token.create", f"token:{created.row.id}", after=management._jsonable(public)
     )
-    owner = None if principal.is_admin else principal.user_id
-    rows = [management.token_public(t, u) for t, u in await services.auth.list_tokens(owner)]
-    return render(
-        request,
-        session,
-        "tokens.html",
-        tokens=rows,
-        scopes=SCOPES,
-        models=[e.id for e in services.supervisor.engines.values()],
-        created=created.token,
-    )
+    return await _tokens_page(request, services, session, created=created.token)
 
 
 @router.post("/tokens/{token_id}/revoke")

@@ -32,3 +32,11 @@ def test_garbage_gives_nothing() -> None:
     tap = UsageTap(stream=False)
     tap.feed(b"<html>")
     assert tap.tokens() == (None, None)
+
+
+def test_a_stream_is_finished_only_by_done() -> None:
+    tap = UsageTap(stream=True)
+    tap.feed(sse({"choices": [{"delta": {"content": "hi"}}]}))
+    assert not tap.finished()
+    tap.feed(b"data: [DONE]\n\n")
+    assert tap.finished()
