@@ -106,6 +106,8 @@ class UpstreamCall(Response):
                     await work
                 self.status = self.status or 499
                 self.error = "client disconnected"
+                log.info("request %s from %s: client disconnected after %.0f ms; upstream closed",
+                         self.ctx.request_id, scope.get("client"), (time.perf_counter() - self.began) * 1000)
             else:
                 work.result()
         finally:
@@ -225,6 +227,7 @@ class UpstreamCall(Response):
 
     async def _in_band(self, send: Send, message: str) -> None:
         self.error = message
+        log.warning("request %s: error after the response started: %s", self.ctx.request_id, message)
         translator = self.ctx.translator
         if translator is not None:
             payload = translator.in_band_error(message)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import threading
 import time
+from pathlib import Path
 
 import httpx
 
-from tests.harness import Controller
+from tests.harness import GEMMA3, SMOLLM2, Controller, model_entry, running_controller, write_config
 
 
 def sse_events(ctl: Controller, path: str, count: int, timeout: float = 30) -> list[dict]:
@@ -87,3 +88,27 @@ def test_config_check_and_help(controller: Controller) -> None:
     for group in ("serve", "users", "tokens", "models", "config"):
         assert group in result.stdout
     assert controller.cli("config", "check").returncode == 0
+
+
+def test_config_reload_adds_and_removes_models(tmp_path: Path) -> None:
+    with running_controller(tmp_path, models=[model_entry("smollm2-135m", SMOLLM2)]) as ctl, ctl.client() as client:
+        assert [m["id"] for m in client.get("/v1/models").json()["data"]] == ["smollm2-135m"]
+        write_config(tmp_path, [model_entry("gemma3-270m", GEMMA3)])
+        reloaded = client.post("/api/v1/config/reload")
+        assert reloaded.json() == {
+            "status": "reloaded",
+            "added": ["gemma3-270m"],
+            "removed": ["smollm2-135m"],
+            "changed": [],
+        }
+        assert [m["id"] for m in client.get("/v1/models").json()["data"]] == ["gemma3-270m"]
+        answer = client.post("/v1/completions", json={"model": "gemma3-270m", "prompt": "Hi", "max_tokens": 2})
+        assert answer.status_code == 200
+        (tmp_path / "config" / "models-config.yaml").write_text("models: [{id: x, backend: nope}]\n")
+        refused = client.post("/api/v1/config/reload")
+        assert refused.status_code == 400 and "backend" in refused.json()["error"]["message"]
+        assert [m["id"] for m in client.get("/v1/models").json()["data"]] == ["gemma3-270m"]  # unchanged
+        actions = [
+            e["result"] for e in client.get("/api/v1/audit", params={"action": "config.reload"}).json()["entries"]
+        ]
+        assert actions[0].startswith("error") and actions[1] == "ok"
