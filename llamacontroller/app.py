@@ -64,9 +64,6 @@ class Services:
                     entry.id, entry.max_concurrency, entry.queue_timeout, self.queue_budget
                 )
 
-    async def record_usage(self, row: dict[str, Any]) -> None:
-        self.usage.add(**row)
-
 
 async def bootstrap_admin(auth: AuthStore, settings: Settings) -> str | None:
     """First start with an empty database: create `admin`. Returns a generated password, if any."""

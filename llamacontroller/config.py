@@ -120,7 +120,7 @@ class ModelEntry(_Strict):
 
 
 class ModelsConfig(_Strict):
-    models_dir: str = Field("data/models", description="Where model files are downloaded and looked up.")
+    models_dir: str = Field("data/models", description="Folder in which a bare file name in a model's `path` is found.")
     max_loaded_models: int = Field(2, gt=0, description="Engines running at once.")
     memory_budget: int | Literal["auto"] = Field(
         "auto", description="Bytes (or '8GiB') engines may use; auto = available RAM (or VRAM)."
@@ -131,6 +131,14 @@ class ModelsConfig(_Strict):
     @classmethod
     def _size(cls, value: Any) -> Any:
         return value if value == "auto" else parse_size(value)
+
+    @model_validator(mode="after")
+    def _bare_names_live_in_models_dir(self) -> ModelsConfig:
+        # `path: model.gguf` (no folder) means models_dir/model.gguf; other paths are used as given.
+        for entry in self.models:
+            if entry.path and "/" not in entry.path and entry.backend != "remote":
+                entry.path = str(Path(self.models_dir) / entry.path)
+        return self
 
     @model_validator(mode="after")
     def _unique_names(self) -> ModelsConfig:

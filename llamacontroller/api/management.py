@@ -87,7 +87,7 @@ async def audit(
     )
 
 
-async def _audited(services: Any, request: Request, principal: Principal, action: str, target: str, work: Any) -> Any:
+async def audited(services: Any, request: Request, principal: Principal, action: str, target: str, work: Any) -> Any:
     """Run a model action and audit it, whether it worked or not."""
     try:
         result = await work
@@ -126,21 +126,21 @@ async def models_status(services: ServicesDep, principal: ManagerDep) -> dict[st
 @router.post("/models/load")
 async def load(body: ModelAction, request: Request, services: ServicesDep, principal: ManagerDep) -> dict[str, Any]:
     engine = services.supervisor.resolve(body.model_id)
-    await _audited(services, request, principal, "model.load", engine.id, services.supervisor.load(engine.id))
+    await audited(services, request, principal, "model.load", engine.id, services.supervisor.load(engine.id))
     return engine.status()
 
 
 @router.post("/models/unload")
 async def unload(body: ModelAction, request: Request, services: ServicesDep, principal: ManagerDep) -> dict[str, Any]:
     engine = services.supervisor.resolve(body.model_id)
-    await _audited(services, request, principal, "model.unload", engine.id, services.supervisor.unload(engine.id))
+    await audited(services, request, principal, "model.unload", engine.id, services.supervisor.unload(engine.id))
     return engine.status()
 
 
 @router.post("/models/switch")
 async def switch(body: SwitchAction, request: Request, services: ServicesDep, principal: ManagerDep) -> dict[str, Any]:
     target = f"{body.from_id or '*'} -> {body.to_id}"
-    engine = await _audited(
+    engine = await audited(
         services, request, principal, "model.switch", target, services.supervisor.switch(body.from_id, body.to_id)
     )
     return engine.status()  # type: ignore[no-any-return]
@@ -247,7 +247,7 @@ async def create_token(
         {"rpm_limit": body.rpm_limit, "tpm_limit": body.tpm_limit, "parallel_limit": body.parallel_limit},
     )
     public = token_public(created.row, owner.username)
-    await audit(services, request, principal, "token.create", f"token:{created.row.id}", after=_jsonable(public))
+    await audit(services, request, principal, "token.create", f"token:{created.row.id}", after=jsonable(public))
     return {**public, "token": created.token}
 
 
@@ -391,7 +391,7 @@ def _row(row: Any) -> dict[str, Any]:
     return {c.name: getattr(row, c.name) for c in row.__table__.columns}
 
 
-def _jsonable(data: dict[str, Any]) -> dict[str, Any]:
+def jsonable(data: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(data, default=str))  # type: ignore[no-any-return]
 
 

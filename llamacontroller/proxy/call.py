@@ -106,8 +106,12 @@ class UpstreamCall(Response):
                     await work
                 self.status = self.status or 499
                 self.error = "client disconnected"
-                log.info("request %s from %s: client disconnected after %.0f ms; upstream closed",
-                         self.ctx.request_id, scope.get("client"), (time.perf_counter() - self.began) * 1000)
+                log.info(
+                    "request %s from %s: client disconnected after %.0f ms; upstream closed",
+                    self.ctx.request_id,
+                    scope.get("client"),
+                    (time.perf_counter() - self.began) * 1000,
+                )
             else:
                 work.result()
         finally:

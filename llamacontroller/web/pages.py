@@ -118,11 +118,11 @@ async def model_action(model_id: str, action: str, request: Request, services: S
     else:
         raise BadRequest(f"unknown action {action!r}")
 
-    async def audited() -> None:
-        await management._audited(services, request, principal, f"model.{action}", engine.id, work())
+    async def run() -> None:
+        await management.audited(services, request, principal, f"model.{action}", engine.id, work())
 
     # Loading can take a while: answer at once; the page follows the state over SSE.
-    supervisor.in_background(audited())
+    supervisor.in_background(run())
     if request.headers.get("hx-request"):
         return render(
             request,
@@ -193,7 +193,7 @@ async def create_token(request: Request, services: ServicesDep) -> Response:
     )
     public = management.token_public(created.row, user.username)
     await management.audit(
-        services, request, principal, "token.create", f"token:{created.row.id}", after=management._jsonable(public)
+        services, request, principal, "token.create", f"token:{created.row.id}", after=management.jsonable(public)
     )
     return await _tokens_page(request, services, session, created=created.token)
 

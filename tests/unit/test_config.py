@@ -113,3 +113,11 @@ def test_every_setting_is_documented() -> None:
 def test_shipped_yaml_has_only_known_keys() -> None:
     for name in ("llamacpp-config.yaml", "models-config.yaml", "auth-config.yaml"):
         assert isinstance(yaml.safe_load((ROOT / "config" / name).read_text()), dict)
+
+
+def test_bare_file_names_are_found_in_models_dir() -> None:
+    config = ModelsConfig(
+        models_dir="/srv/models",
+        models=[ModelEntry(id="a", path="a.gguf"), ModelEntry(id="b", path="other/b.gguf")],
+    )
+    assert [m.path for m in config.models] == ["/srv/models/a.gguf", "other/b.gguf"]
