@@ -35,7 +35,9 @@ def main(target: str, port: int, path_log: str) -> None:
             return response
 
     async def session_ctx(app: web.Application):  # type: ignore[no-untyped-def]
-        app["session"] = aiohttp.ClientSession()
+        # A new connection per request: llama-server closes connections after streams while
+        # advertising keep-alive (the controller handles that; this helper need not).
+        app["session"] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
         yield
         await app["session"].close()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from typing import TYPE_CHECKING, Annotated, Any
@@ -90,8 +91,6 @@ async def read_body(request: Request, limit: int = MAX_BODY) -> bytes:
 
 
 def parse_json_object(body: bytes) -> dict[str, Any]:
-    import json
-
     try:
         data = json.loads(body)
     except ValueError as exc:

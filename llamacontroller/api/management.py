@@ -325,14 +325,10 @@ async def list_audit(
     limit: Limit = 100,
     offset: Offset = 0,
 ) -> dict[str, Any]:
-    query = select(AuditEntry).order_by(AuditEntry.id.desc())
-    for column, value in ((AuditEntry.actor, actor), (AuditEntry.action, action), (AuditEntry.target, target)):
-        if value is not None:
-            query = query.where(column == value)
-    if since:
-        query = query.where(AuditEntry.time >= since)
-    if until:
-        query = query.where(AuditEntry.time < until)
+    filters = _filters(
+        {AuditEntry.actor: actor, AuditEntry.action: action, AuditEntry.target: target}, AuditEntry.time, since, until
+    )
+    query = select(AuditEntry).where(*filters).order_by(AuditEntry.id.desc())
     async with services.sessions() as db:
         rows = list(await db.scalars(query.limit(limit).offset(offset)))
     return {"entries": [_row(r) for r in rows], "limit": limit, "offset": offset}
@@ -351,14 +347,12 @@ async def list_usage(
     limit: Limit = 100,
     offset: Offset = 0,
 ) -> dict[str, Any]:
-    filters = []
-    for column, value in ((UsageEntry.token_id, token_id), (UsageEntry.model, model), (UsageEntry.username, username)):
-        if value is not None:
-            filters.append(column == value)
-    if since:
-        filters.append(UsageEntry.time >= since)
-    if until:
-        filters.append(UsageEntry.time < until)
+    filters = _filters(
+        {UsageEntry.token_id: token_id, UsageEntry.model: model, UsageEntry.username: username},
+        UsageEntry.time,
+        since,
+        until,
+    )
     async with services.sessions() as db:
         if group_by is None:
             query = select(UsageEntry).where(*filters).order_by(UsageEntry.id.desc()).limit(limit).offset(offset)
@@ -385,6 +379,16 @@ async def list_usage(
         "group_by": group_by,
         "groups": [{**g, "key": str(g["key"]) if g["key"] is not None else None} for g in groups],
     }
+
+
+def _filters(equal: dict[Any, Any], time: Any, since: datetime | None, until: datetime | None) -> list[Any]:
+    """WHERE conditions for the log queries: given columns equal their values, time in [since, until)."""
+    conditions = [column == value for column, value in equal.items() if value is not None]
+    if since:
+        conditions.append(time >= since)
+    if until:
+        conditions.append(time < until)
+    return conditions
 
 
 def _row(row: Any) -> dict[str, Any]:

@@ -7,6 +7,7 @@ import hashlib
 import json
 import time
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -48,11 +49,17 @@ def _digest(engine: Engine) -> str:
     path = _file(engine)
     if path is None:
         return hashlib.sha256(engine.id.encode()).hexdigest()
+    stat = path.stat()
+    return _file_digest(path, stat.st_size, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=256)
+def _file_digest(path: Path, size: int, mtime_ns: int) -> str:
+    # Cached per file version: Open WebUI asks /api/tags on every page load.
     marker = path.with_suffix(path.suffix + ".sha256")
     if marker.exists():
         return marker.read_text().split()[0]
-    stat = path.stat()
-    return hashlib.sha256(f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()
+    return hashlib.sha256(f"{path}:{size}:{mtime_ns}".encode()).hexdigest()
 
 
 def _metadata(engine: Engine) -> dict[str, Any]:
@@ -181,30 +188,14 @@ async def _generate_or_chat(request: Request, services: Any, principal: Any, kin
         path, upstream = "/v1/chat/completions", tr.chat_request(body)
     else:
         path, upstream = tr.generate_request(body)
-    upstream["model"] = engine.id
     translator = tr.NDJSONTranslator(_tag(engine.id), kind=kind, stream=stream, began=began)
-
-    def on_lease() -> None:
-        translator.lease_at = time.perf_counter()
-        _apply_keep_alive(engine, keep_alive)
-
-    return dispatch(
-        request,
-        services,
-        principal,
-        dialect=Dialect.OLLAMA,
-        model=engine.id,
-        upstream_path=path,
-        body=json.dumps(upstream).encode(),
-        stream=stream,
-        translator=translator,
-        on_lease=on_lease,
-        upstream_stream=True,  # Ollama answers are always streamed from the engine, then joined if asked
-    )
+    return _call(request, services, principal, engine, path, upstream, translator, stream=stream, keep_alive=keep_alive)
 
 
 def _apply_keep_alive(engine: Engine, keep_alive: float | None) -> None:
+    """Each Ollama request sets the idle TTL; one without keep_alive gets the configured ttl back."""
     if keep_alive is None:
+        engine.ttl_override = None
         return
     # ttl 0 means "never unload" in our config; Ollama's 0 means "unload now", so use a tick.
     engine.ttl_override = 0.0 if keep_alive < 0 else max(keep_alive, 0.001)
@@ -234,27 +225,39 @@ async def chat(request: Request, services: ServicesDep, principal: InferenceDep)
     return await _generate_or_chat(request, services, principal, "chat")
 
 
-def _embeddings(
+def _call(
     request: Request,
     services: Any,
     principal: Any,
     engine: Engine,
+    path: str,
     upstream: dict[str, Any],
-    translator: tr.JSONTranslator,
+    translator: tr.NDJSONTranslator | tr.JSONTranslator,
+    *,
+    stream: bool = False,
     keep_alive: float | None = None,
 ) -> Response:
+    """Every Ollama inference call: an OpenAI-dialect request to the engine through `dispatch`."""
     upstream["model"] = engine.id
+
+    def on_lease() -> None:
+        if isinstance(translator, tr.NDJSONTranslator):
+            translator.lease_at = time.perf_counter()  # the rest of the wait was the load
+        _apply_keep_alive(engine, keep_alive)
+
     return dispatch(
         request,
         services,
         principal,
         dialect=Dialect.OLLAMA,
         model=engine.id,
-        upstream_path="/v1/embeddings",
+        upstream_path=path,
         body=json.dumps(upstream).encode(),
-        stream=False,
+        stream=stream,
         translator=translator,
-        on_lease=lambda: _apply_keep_alive(engine, keep_alive),
+        on_lease=on_lease,
+        # chat/generate are always streamed from the engine, then joined if the client asked so
+        upstream_stream=isinstance(translator, tr.NDJSONTranslator),
     )
 
 
@@ -265,7 +268,8 @@ async def embed(request: Request, services: ServicesDep, principal: InferenceDep
     engine = _engine(services, principal, body.get("model"))
     translator = tr.JSONTranslator(tr.embed_response(_tag(engine.id), began))
     keep_alive = tr.parse_keep_alive(body.get("keep_alive"))
-    return _embeddings(request, services, principal, engine, tr.embed_request(body), translator, keep_alive)
+    upstream = tr.embed_request(body)
+    return _call(request, services, principal, engine, "/v1/embeddings", upstream, translator, keep_alive=keep_alive)
 
 
 @router.post("/api/embeddings")
@@ -276,7 +280,8 @@ async def embeddings(request: Request, services: ServicesDep, principal: Inferen
     if not isinstance(body.get("prompt"), str):
         raise BadRequest("prompt must be a string", param="prompt")
     upstream = {"input": [body["prompt"]], "encoding_format": "float"}
-    return _embeddings(request, services, principal, engine, upstream, tr.JSONTranslator(tr.legacy_embedding_response))
+    translator = tr.JSONTranslator(tr.legacy_embedding_response)
+    return _call(request, services, principal, engine, "/v1/embeddings", upstream, translator)
 
 
 @router.post("/api/pull")

@@ -133,7 +133,7 @@ def check_csrf(method: str, expected: str, given: str | None) -> None:
     """State-changing requests made with a session cookie must echo the session's CSRF token."""
     if method in SAFE_METHODS:
         return
-    if not given or not hmac.compare_digest(expected, given):
+    if not expected or not given or not hmac.compare_digest(expected, given):
         raise Forbidden("missing or wrong CSRF token")
 
 

@@ -90,7 +90,8 @@ class Engine:
         self.load_seconds: float | None = None
         self.in_flight = 0
         self.last_used = time.monotonic()
-        self.ttl_override: float | None = None  # set per request by Ollama's keep_alive
+        # Set per request by Ollama's keep_alive; it governs this load only (cleared on stop).
+        self.ttl_override: float | None = None
         self.estimate_bytes = (
             memory.estimate_bytes(Path(entry.path), entry.ctx_size)
             if entry.backend == "llamacpp" and entry.path
@@ -209,6 +210,8 @@ class Engine:
         if new not in TRANSITIONS[old]:
             raise IllegalTransition(f"{self.id}: {old} -> {new}")
         self.state, self.reason = new, reason
+        if new is State.STOPPED:
+            self.ttl_override = None  # a keep_alive lasts for the load it came with
         log.info("model %s: %s -> %s%s", self.id, old, new, f" ({reason})" if reason else "")
         event, self._changed = self._changed, asyncio.Event()
         event.set()

@@ -3,7 +3,6 @@ is no session yet to hold a token."""
 
 from __future__ import annotations
 
-import hmac
 import secrets
 from pathlib import Path
 from typing import Any
@@ -14,8 +13,8 @@ from starlette.responses import RedirectResponse, Response
 
 from llamacontroller.api.deps import ServicesDep, client_ip
 from llamacontroller.api.management import audit
-from llamacontroller.auth.sessions import COOKIE, CSRF_FIELD
-from llamacontroller.errors import LlamaControllerError
+from llamacontroller.auth.sessions import COOKIE, CSRF_FIELD, check_csrf
+from llamacontroller.errors import Forbidden, LlamaControllerError
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 templates = Jinja2Templates(directory=str(Path(__file__).resolve().parents[2] / "templates"))
@@ -53,8 +52,9 @@ async def login(
     password: str = Form(""),
     csrf_token: str = Form("", alias=CSRF_FIELD),
 ) -> Response:
-    expected = request.cookies.get(LOGIN_CSRF_COOKIE, "")
-    if not expected or not hmac.compare_digest(expected, csrf_token):
+    try:
+        check_csrf(request.method, request.cookies.get(LOGIN_CSRF_COOKIE, ""), csrf_token)
+    except Forbidden:
         return _login_page(request, "Your login form expired; please try again.", 403)
     ip = client_ip(request)
     guard = services.login_guard
@@ -89,8 +89,7 @@ async def logout(request: Request, services: ServicesDep, csrf_token: str = Form
     cookie = request.cookies.get(COOKIE)
     session = await services.sessions_store.lookup(cookie) if cookie else None
     if session is not None:
-        if not hmac.compare_digest(session.csrf_token, csrf_token):
-            return Response("missing or wrong CSRF token", status_code=403)
+        check_csrf(request.method, session.csrf_token, csrf_token)
         await services.sessions_store.revoke(session.id_hash)
         await audit(services, request, session.principal, "logout", f"user:{session.principal.username}")
     response = RedirectResponse(f"{_root(request)}/ui/login", status_code=303)

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
@@ -16,7 +15,7 @@ from starlette.responses import RedirectResponse, Response
 from llamacontroller.api import management
 from llamacontroller.api.deps import ServicesDep
 from llamacontroller.auth.principal import SCOPES
-from llamacontroller.auth.sessions import COOKIE, CSRF_FIELD, CSRF_HEADER, SessionInfo
+from llamacontroller.auth.sessions import COOKIE, CSRF_FIELD, CSRF_HEADER, SessionInfo, check_csrf
 from llamacontroller.errors import BadRequest, Forbidden, LlamaControllerError
 from llamacontroller.supervisor.memory import read_gguf
 from llamacontroller.web.charts import bar_chart
@@ -53,9 +52,7 @@ def render(request: Request, session: SessionInfo, name: str, **context: Any) ->
 async def checked_form(request: Request, session: SessionInfo) -> FormData:
     """The posted form, after checking its CSRF token (form field, or header for htmx)."""
     form = await request.form()
-    given = str(form.get(CSRF_FIELD) or request.headers.get(CSRF_HEADER) or "")
-    if not hmac.compare_digest(session.csrf_token, given):
-        raise Forbidden("missing or wrong CSRF token")
+    check_csrf(request.method, session.csrf_token, str(form.get(CSRF_FIELD) or request.headers.get(CSRF_HEADER) or ""))
     return form
 
 

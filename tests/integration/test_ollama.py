@@ -130,6 +130,10 @@ def test_keep_alive_zero_unloads_after_the_answer(client: ollama.Client) -> None
     while time.monotonic() < deadline and "gemma3-270m:latest" in {m.model for m in client.ps().models}:
         time.sleep(0.1)
     assert "gemma3-270m:latest" not in {m.model for m in client.ps().models}
+    # keep_alive 0 governed that load only: a plain load afterwards stays (harness ttl 0 = never).
+    client.generate(model="gemma3", prompt="")
+    time.sleep(1)
+    assert "gemma3-270m:latest" in {m.model for m in client.ps().models}
 
 
 def test_bad_requests_get_ollama_errors(controller: Controller) -> None:
