@@ -162,7 +162,9 @@ async def warm(session: aiohttp.ClientSession, target: Target) -> None:
     await tokenize_round(session, target, 2, 0.5)
 
 
-async def measure(targets: list[Target], rounds: int, seconds: float) -> dict[tuple[str, str], Sample]:
+async def measure(
+    targets: list[Target], rounds: int, seconds: float, workloads: set[str]
+) -> dict[tuple[str, str], Sample]:
     results: dict[tuple[str, str], Sample] = {}
     connector = aiohttp.TCPConnector(limit=0)
     # A request silent for 30 s counts as an error rather than stalling the run.
@@ -171,12 +173,12 @@ async def measure(targets: list[Target], rounds: int, seconds: float) -> dict[tu
         for target in targets:
             await warm(session, target)
         for _ in range(rounds):
-            for concurrency in (1, 8, 64):
+            for concurrency in (1, 8, 64) if "stream" in workloads else ():
                 for target in targets:
                     requests = max(8, concurrency * 2)
                     sample = await stream_round(session, target, concurrency, requests)
                     results.setdefault((f"stream c={concurrency}", target.name), Sample()).merge(sample)
-            for target in targets:
+            for target in targets if "tokenize" in workloads else ():
                 sample = await tokenize_round(session, target, 16, seconds)
                 results.setdefault(("tokenize c=16", target.name), Sample()).merge(sample)
     return results
@@ -207,6 +209,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=4.0, help="per tokenize round")
+    parser.add_argument("--only", choices=["stream", "tokenize"], help="run one workload (default: both)")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bench-proxy-"))
     models = [model_entry("smollm2-135m", SMOLLM2, max_concurrency=64, queue_timeout=120)]
@@ -219,13 +222,15 @@ def main() -> None:
             Target("controller", ctl.url, "smollm2-135m", ctl.headers()),
             Target("router", router, SMOLLM2.stem),
         ]
-        results = asyncio.run(measure(targets, args.rounds, args.seconds))
+        workloads = {args.only} if args.only else {"stream", "tokenize"}
+        results = asyncio.run(measure(targets, args.rounds, args.seconds, workloads))
     print(f"\nproxy benchmark: {args.rounds} interleaved rounds, SmolLM2-135M Q4_1, {os.cpu_count()} cores\n")
     print(table(results, [t.name for t in targets]))
-    p50_added = statistics.median(results[("tokenize c=16", "controller")].latency) - statistics.median(
-        results[("tokenize c=16", "direct")].latency
-    )
-    print(f"\ntokenize p50 added by the controller: {p50_added * 1000:.2f} ms")
+    if ("tokenize c=16", "direct") in results:
+        p50_added = statistics.median(results[("tokenize c=16", "controller")].latency) - statistics.median(
+            results[("tokenize c=16", "direct")].latency
+        )
+        print(f"\ntokenize p50 added by the controller: {p50_added * 1000:.2f} ms")
 
 
 if __name__ == "__main__":

@@ -110,6 +110,8 @@ class ModelEntry(_Strict):
     def _backend_needs(self) -> ModelEntry:
         if self.backend == "remote" and not self.url:
             raise ValueError("backend 'remote' needs 'url'")
+        if self.url and not re.match(r"^https?://[^/?#]+", self.url):
+            raise ValueError(f"url {self.url!r} must start with http:// or https:// and a host")
         if self.backend != "remote" and not self.path:
             raise ValueError(f"backend {self.backend!r} needs 'path'")
         return self

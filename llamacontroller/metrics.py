@@ -64,17 +64,33 @@ class Metrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
         self.registry.register(_EngineCollector(supervisor))
+        self._children: dict[tuple[str, str, int], tuple[Any, ...]] = {}
 
     def observe_request(self, row: dict[str, Any]) -> None:
-        model = row.get("model") or ""
-        self.requests.labels(model, row.get("endpoint", ""), str(row.get("status", 0))).inc()
-        self.duration.labels(model).observe(row.get("duration_ms", 0) / 1000)
-        if row.get("ttft_ms") is not None:
-            self.ttft.labels(model).observe(row["ttft_ms"] / 1000)
-        if row.get("prompt_tokens"):
-            self.tokens.labels(model, "prompt").inc(row["prompt_tokens"])
-        if row.get("completion_tokens"):
-            self.tokens.labels(model, "completion").inc(row["completion_tokens"])
+        """Count one finished request (a usage row). Runs for every request: the labelled
+        children are looked up once per (model, endpoint, status), not built each time."""
+        key = (row["model"] or "", row["endpoint"], row["status"])
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = self._labelled(*key)
+        requests, duration, ttft, prompt, completion = found
+        requests.inc()
+        duration.observe(row["duration_ms"] / 1000)
+        if row["ttft_ms"] is not None:
+            ttft.observe(row["ttft_ms"] / 1000)
+        if row["prompt_tokens"]:
+            prompt.inc(row["prompt_tokens"])
+        if row["completion_tokens"]:
+            completion.inc(row["completion_tokens"])
+
+    def _labelled(self, model: str, endpoint: str, status: int) -> tuple[Any, ...]:
+        return (
+            self.requests.labels(model, endpoint, str(status)),
+            self.duration.labels(model),
+            self.ttft.labels(model),
+            self.tokens.labels(model, "prompt"),
+            self.tokens.labels(model, "completion"),
+        )
 
     def render(self) -> bytes:
         return bytes(generate_latest(self.registry))

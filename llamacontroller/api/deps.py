@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, Request
+from starlette.requests import ClientDisconnect
+from starlette.types import Receive
 
 from llamacontroller.auth.principal import Principal
 from llamacontroller.auth.sessions import COOKIE, CSRF_HEADER, check_csrf
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
     from llamacontroller.app import Services
 
 MAX_BODY = 32 * 1024 * 1024
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 async def get_services(request: Request) -> Services:
@@ -29,20 +30,19 @@ async def get_services(request: Request) -> Services:
 ServicesDep = Annotated["Services", Depends(get_services)]
 
 
-def _credential(request: Request) -> str | None:
-    header = request.headers.get("authorization")
-    if header is not None:
-        scheme, _, value = header.partition(" ")
+def credential(authorization: str | None, api_key: str | None) -> str | None:
+    """The API token a request carries: `Authorization: Bearer` or (Anthropic/Ollama style) `X-API-Key`."""
+    if authorization is not None:
+        scheme, _, value = authorization.partition(" ")
         if scheme.lower() != "bearer" or not value.strip():
             raise Unauthenticated("malformed Authorization header; use 'Bearer <token>'")
         return value.strip()
-    api_key = request.headers.get("x-api-key")
     return api_key.strip() if api_key else None
 
 
 async def get_principal(request: Request) -> Principal:
     services: Services = request.app.state.services
-    token = _credential(request)
+    token = credential(request.headers.get("authorization"), request.headers.get("x-api-key"))
     if token is None:
         cookie = request.cookies.get(COOKIE)
         if cookie:
@@ -79,15 +79,24 @@ InferenceDep = Annotated[Principal, requires("inference")]
 
 
 async def read_body(request: Request, limit: int = MAX_BODY) -> bytes:
-    declared = request.headers.get("content-length")
+    return await receive_body(request.receive, request.headers.get("content-length"), limit)
+
+
+async def receive_body(receive: Receive, declared: str | None, limit: int = MAX_BODY) -> bytes:
+    """The whole request body, refused (413) as soon as it is known to be over `limit`."""
     if declared and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"request body over {limit // 2**20} MiB")
-    chunks = bytearray()
-    async for chunk in request.stream():
-        chunks += chunk
-        if len(chunks) > limit:
+    body = b""
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise ClientDisconnect("the client closed the connection while sending the request")
+        chunk: bytes = message.get("body", b"")
+        body += chunk
+        if len(body) > limit:
             raise PayloadTooLarge(f"request body over {limit // 2**20} MiB")
-    return bytes(chunks)
+        if not message.get("more_body", False):
+            return body
 
 
 def parse_json_object(body: bytes) -> dict[str, Any]:
@@ -98,11 +107,6 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise BadRequest("request body must be a JSON object")
     return data
-
-
-def request_id(request: Request) -> str:
-    given = request.headers.get("x-request-id")
-    return given if given and _REQUEST_ID.match(given) else os.urandom(16).hex()
 
 
 def client_ip(request: Request) -> str | None:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fastapi import Request
+from starlette.types import Scope
 
-from llamacontroller.api.deps import client_ip, request_id
+from llamacontroller.api.deps import REQUEST_ID
 from llamacontroller.api.errors import Dialect
 from llamacontroller.auth.principal import Principal
 from llamacontroller.proxy.call import CallContext, Translator, UpstreamCall
@@ -16,18 +19,42 @@ if TYPE_CHECKING:
     from llamacontroller.app import Services
 
 
-def client_user(request: Request) -> dict[str, str] | None:
-    """Open WebUI's X-OpenWebUI-User-* headers: which of its users made the request."""
-    found = {
-        key.removeprefix("x-openwebui-user-"): value[:256]
-        for key, value in request.headers.items()
-        if key.startswith("x-openwebui-user-")
-    }
-    return found or None
+@dataclass(slots=True)
+class Origin:
+    """Where an inference request came from: what the usage log records and the engine is told."""
+
+    endpoint: str  # the path the client called
+    request_id: str
+    client_ip: str | None
+    client_user: dict[str, str] | None = None  # Open WebUI's X-OpenWebUI-User-* headers
+
+    @classmethod
+    def of(cls, request: Request) -> Origin:
+        return cls.from_headers(request.scope, request.scope["headers"])
+
+    @classmethod
+    def from_headers(cls, scope: Scope, headers: list[tuple[bytes, bytes]]) -> Origin:
+        """One pass over the raw ASGI headers (the fast lane has no Request object)."""
+        given = None
+        user: dict[str, str] | None = None
+        for name, value in headers:
+            if name == b"x-request-id":
+                given = value.decode("latin-1")
+            elif name.startswith(b"x-openwebui-user-"):
+                user = user or {}
+                user[name[17:].decode("latin-1")] = value.decode("utf-8", "replace")[:256]
+        client = scope.get("client")
+        # uvicorn rewrites the client from X-Forwarded-For, but only for trusted proxies.
+        return cls(
+            endpoint=scope["path"],
+            request_id=given if given and REQUEST_ID.match(given) else os.urandom(16).hex(),
+            client_ip=client[0] if client else None,
+            client_user=user,
+        )
 
 
 def dispatch(
-    request: Request,
+    origin: Origin,
     services: Services,
     principal: Principal,
     *,
@@ -43,18 +70,14 @@ def dispatch(
     engine = services.supervisor.resolve(model)
     principal.require_model(engine.id)
     release = services.limits.admit(principal)
-    rid = request_id(request)
-    who = {
-        "token_id": principal.token_id,
-        "username": principal.username,
-        "client_ip": client_ip(request),
-        "client_user": client_user(request),
-    }
 
     def record(row: dict[str, Any]) -> None:
-        release((row.get("prompt_tokens") or 0) + (row.get("completion_tokens") or 0))
-        row.update(who)
-        services.usage.add(**row)
+        release((row["prompt_tokens"] or 0) + (row["completion_tokens"] or 0))
+        row["token_id"] = principal.token_id
+        row["username"] = principal.username
+        row["client_ip"] = origin.client_ip
+        row["client_user"] = origin.client_user
+        services.usage.add(row)
         services.metrics.observe_request(row)
 
     return UpstreamCall(
@@ -62,13 +85,12 @@ def dispatch(
             engine=engine,
             gate=services.gate(engine.id),
             dialect=dialect,
-            endpoint=request.url.path,
+            endpoint=origin.endpoint,
             upstream_path=upstream_path,
             body=body,
-            request_id=rid,
+            request_id=origin.request_id,
             stream=stream,
             record=record,
-            http=services.supervisor.http(),
             translator=translator,
             on_lease=on_lease,
             timeout=engine.entry.request_timeout,

@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse, Response
 
 from llamacontroller.api import ollama_translate as tr
 from llamacontroller.api.deps import InferenceDep, ServicesDep, parse_json_object, read_body
-from llamacontroller.api.dispatch import dispatch
+from llamacontroller.api.dispatch import Origin, dispatch
 from llamacontroller.api.errors import Dialect
 from llamacontroller.errors import BadRequest, NotSupported
 from llamacontroller.supervisor.engine import Engine
@@ -246,7 +246,7 @@ def _call(
         _apply_keep_alive(engine, keep_alive)
 
     return dispatch(
-        request,
+        Origin.of(request),
         services,
         principal,
         dialect=Dialect.OLLAMA,

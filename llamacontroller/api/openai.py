@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from llamacontroller.api.deps import InferenceDep, ServicesDep, parse_json_object, read_body
-from llamacontroller.api.dispatch import dispatch
+from llamacontroller.api.dispatch import Origin, dispatch
 from llamacontroller.api.errors import Dialect
 from llamacontroller.auth.principal import Principal
 from llamacontroller.errors import BadRequest, ModelNotFound
@@ -33,9 +33,8 @@ PASSTHROUGH = {
 }
 
 
-async def proxy(request: Request, services: Services, principal: Principal, path: str) -> Response:
+def proxy(origin: Origin, body: bytes, services: Services, principal: Principal, path: str) -> Response:
     """One OpenAI passthrough request; called by the routes below and by the fast lane."""
-    body = await read_body(request)
     payload = parse_json_object(body)
     model = payload.get("model")
     if model is not None and not isinstance(model, str):
@@ -43,7 +42,7 @@ async def proxy(request: Request, services: Services, principal: Principal, path
     if not model:
         model = _only_loaded_model(services, path)
     return dispatch(
-        request,
+        origin,
         services,
         principal,
         dialect=Dialect.OPENAI,
@@ -58,7 +57,7 @@ def _make_route(path: str) -> None:
     # Requests normally take the fast lane (api/fastlane.py); these routes document the paths in
     # the OpenAPI schema and serve them if the lane is not installed.
     async def route(request: Request, services: ServicesDep, principal: InferenceDep) -> Response:
-        return await proxy(request, services, principal, path)
+        return proxy(Origin.of(request), await read_body(request), services, principal, path)
 
     route.__name__ = "proxy_" + path.strip("/").replace("/", "_").replace("-", "_")
     router.add_api_route(path, route, methods=["POST"], response_class=Response)

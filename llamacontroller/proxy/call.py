@@ -14,13 +14,12 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
-import aiohttp
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from llamacontroller.api.errors import Dialect, render
 from llamacontroller.errors import (
@@ -29,25 +28,27 @@ from llamacontroller.errors import (
     UpstreamTimeout,
 )
 from llamacontroller.proxy.limits import ModelGate
+from llamacontroller.proxy.upstream import Response as UpstreamResponse
+from llamacontroller.proxy.upstream import UpstreamPool
 from llamacontroller.proxy.usage import UsageTap
 from llamacontroller.supervisor.engine import Engine
 
 log = logging.getLogger(__name__)
 
-# Not forwarded: per-connection headers, and content-length (uvicorn frames the body itself).
+# Not forwarded: per-connection headers; uvicorn frames the body itself (chunked unless the
+# response carries the engine's Content-Length, kept for passthrough).
 HOP_BY_HOP = frozenset(
     {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "content-length",
-        "server",
-        "date",
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"server",
+        b"date",
     }
 )
 STREAM_HEADERS = [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
@@ -75,8 +76,6 @@ class CallContext:
     request_id: str
     stream: bool
     record: Callable[[dict[str, Any]], None]  # gets the usage row at the end
-    http: aiohttp.ClientSession
-    headers: dict[str, str] = field(default_factory=dict)
     translator: Translator | None = None
     on_lease: Callable[[], None] | None = None  # e.g. Ollama's keep_alive, once the model is ready
     timeout: float = 600.0
@@ -92,86 +91,85 @@ class UpstreamCall(Response):
         self.tap = UsageTap(stream=ctx.stream if ctx.upstream_stream is None else ctx.upstream_stream)
         self.began = time.perf_counter()
         self.error: str | None = None
+        self.done = False  # the call ended (the listener must no longer cancel it)
+        self.client_gone = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        work = asyncio.ensure_future(self._run(send))
-        listener = asyncio.ensure_future(_disconnected(receive))
+        # The call runs in this task; a listener cancels it if the client leaves. Cancelling
+        # closes the upstream connection, which makes llama-server abort the generation (its
+        # slot goes idle at once).
+        task = asyncio.current_task()
+        assert task is not None
+        listener = asyncio.ensure_future(self._listen(receive, task))
+
+        async def tracked(message: Message) -> None:
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                self.done = True  # uvicorn now reports the request as over: not a disconnect
+            await send(message)
+
         try:
-            done, _ = await asyncio.wait({work, listener}, return_when=asyncio.FIRST_COMPLETED)
-            if work not in done:
-                # The client left: cancelling closes the upstream response, which makes
-                # llama-server abort the generation (its slot goes idle at once).
-                work.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await work
-                self.status = self.status or 499
-                self.error = "client disconnected"
-                log.info(
-                    "request %s from %s: client disconnected after %.0f ms; upstream closed",
-                    self.ctx.request_id,
-                    scope.get("client"),
-                    (time.perf_counter() - self.began) * 1000,
-                )
-            else:
-                work.result()
+            await self._run(tracked)
+        except asyncio.CancelledError:
+            if not self.client_gone:
+                raise
+            task.uncancel()
+            self.status = self.status or 499
+            self.error = "client disconnected"
+            log.info(
+                "request %s from %s: client disconnected after %.0f ms; upstream closed",
+                self.ctx.request_id,
+                scope.get("client"),
+                (time.perf_counter() - self.began) * 1000,
+            )
         finally:
             listener.cancel()
             self._record()
 
+    async def _listen(self, receive: Receive, task: asyncio.Task[Any]) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        if not self.done:
+            self.client_gone = True
+            task.cancel()
+
     async def _run(self, send: Send) -> None:
         ctx = self.ctx
-        started_body = False
         try:
             async with ctx.gate.slot():
                 with await ctx.engine.acquire() as lease:
                     if ctx.on_lease:
                         ctx.on_lease()
-                    async with await self._open(lease.base_url) as upstream:
-                        started_body = True
+                    upstream = await self._open(lease.upstream)
+                    try:
                         await self._relay(upstream, send)
+                    finally:
+                        upstream.release()
         except LlamaControllerError as exc:
-            if not started_body:
-                await self._send_error(send, exc)
-            else:
-                await self._in_band(send, exc.message)
-        except TimeoutError:  # before ClientError: aiohttp's ServerTimeoutError is both
-            error = UpstreamTimeout(f"engine for {ctx.engine.id!r} did not answer in {ctx.timeout:.0f}s")
-            if self.status == 0:
-                await self._send_error(send, error)
-            else:
-                await self._in_band(send, error.message)
-        except (aiohttp.ClientError, ConnectionError) as exc:
+            await self._fail(send, exc)
+        except TimeoutError:
+            message = f"engine for {ctx.engine.id!r} did not answer in {ctx.timeout:.0f}s"
+            await self._fail(send, UpstreamTimeout(message))
+        except (ConnectionError, OSError) as exc:
             message = f"engine for {ctx.engine.id!r} failed: {type(exc).__name__}: {exc}".rstrip(": ")
-            if not started_body or self.status == 0:
-                await self._send_error(send, UpstreamError(message))
-            else:
-                await self._in_band(send, message)
+            await self._fail(send, UpstreamError(message))
 
-    async def _open(self, base_url: str) -> aiohttp.ClientResponse:
-        response: aiohttp.ClientResponse
-        try:
-            response = await self._post(base_url)
-        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
-            # A pooled keep-alive connection the engine had already closed: the request never
-            # reached it, so it is safe to send once more, on a new connection.
-            response = await self._post(base_url)
-        return response
+    async def _fail(self, send: Send, exc: LlamaControllerError) -> None:
+        """Before the response started: an error response in the caller's dialect; after: in-band."""
+        if self.status == 0:
+            await self._send_error(send, exc)
+        else:
+            await self._in_band(send, exc.message)
 
-    def _post(self, base_url: str) -> Any:
+    def _open(self, pool: UpstreamPool) -> Awaitable[UpstreamResponse]:
         ctx = self.ctx
-        headers = {"Content-Type": "application/json", "X-Request-ID": ctx.request_id, **ctx.headers}
+        headers = [(b"content-type", b"application/json"), (b"x-request-id", ctx.request_id.encode())]
         if ctx.stream:
             # llama-server answers streams with "Keep-Alive" but closes the connection after them;
             # a pooled copy of it would fail the next request. Say it ourselves.
-            headers["Connection"] = "close"
-        return ctx.http.post(
-            base_url + ctx.upstream_path,
-            data=ctx.body,
-            headers=headers,
-            timeout=aiohttp.ClientTimeout(total=None, sock_read=ctx.timeout),
-        )
+            headers.append((b"connection", b"close"))
+        return pool.request(b"POST", ctx.upstream_path, headers, ctx.body, timeout=ctx.timeout)
 
-    async def _relay(self, upstream: aiohttp.ClientResponse, send: Send) -> None:
+    async def _relay(self, upstream: UpstreamResponse, send: Send) -> None:
         ctx = self.ctx
         translator = ctx.translator
         if translator is not None and upstream.status >= 400:
@@ -187,13 +185,11 @@ class UpstreamCall(Response):
             )
             await send({"type": "http.response.body", "body": body})
             return
-        self.status = upstream.status
         if translator is None:
-            # The engine's CORS headers are dropped: the controller, not the engine, faces browsers.
+            # Passthrough keeps the engine's Content-Length (the bytes are the same). Its CORS
+            # headers are dropped: the controller, not the engine, faces browsers.
             headers = [
-                (k.lower().encode(), v.encode())
-                for k, v in upstream.headers.items()
-                if k.lower() not in HOP_BY_HOP and not k.lower().startswith("access-control-")
+                (k, v) for k, v in upstream.headers if k not in HOP_BY_HOP and not k.startswith(b"access-control-")
             ]
         else:
             headers = [(b"content-type", translator.media_type.encode())]
@@ -201,21 +197,27 @@ class UpstreamCall(Response):
             present = {name for name, _ in headers}
             headers.extend(h for h in STREAM_HEADERS if h[0] not in present)
         headers.extend(self._own_headers())
-        await send({"type": "http.response.start", "status": self.status, "headers": headers})
+        await send({"type": "http.response.start", "status": upstream.status, "headers": headers})
+        self.status = upstream.status
+        is_sse = upstream.header(b"content-type").startswith(b"text/event-stream")
         tap = self.tap
-        async for chunk in upstream.content.iter_any():
+        ended = False
+        async for chunk in upstream.chunks():
             if self.ttft is None:
                 self.ttft = time.perf_counter() - self.began
             tap.feed(chunk)
-            out = translator.feed(chunk) if translator is not None else chunk
-            if out:
+            if translator is None:
+                # The last piece of a passthrough answer ends the response in the same message.
+                ended = upstream.at_end and not is_sse
+                await send({"type": "http.response.body", "body": chunk, "more_body": not ended})
+            elif out := translator.feed(chunk):
                 await send({"type": "http.response.body", "body": out, "more_body": True})
-        is_sse = upstream.headers.get("content-type", "").startswith("text/event-stream")
-        if upstream.status < 400 and is_sse and not self.tap.finished():
+        if upstream.status < 400 and is_sse and not tap.finished():
             # An OpenAI stream always ends with "data: [DONE]"; without it the engine stopped early.
             raise UpstreamError(f"the engine for {ctx.engine.id!r} ended the stream early")
-        tail = translator.finish() if translator is not None else b""
-        await send({"type": "http.response.body", "body": tail})
+        if not ended:
+            tail = translator.finish() if translator is not None else b""
+            await send({"type": "http.response.body", "body": tail})
         if upstream.status >= 400:
             self.error = tap.error_message()
 
@@ -256,11 +258,6 @@ class UpstreamCall(Response):
                 "duration_ms": round((time.perf_counter() - self.began) * 1000, 2),
             }
         )
-
-
-async def _disconnected(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
 
 
 async def _no_receive() -> dict[str, Any]:

@@ -48,6 +48,8 @@ class UsageTap:
 
     def tokens(self) -> tuple[int | None, int | None]:
         """(prompt tokens, completion tokens) from OpenAI `usage` or llama.cpp `timings`."""
+        if b'"usage"' not in self._buf and b'"timings"' not in self._buf:
+            return None, None  # e.g. /tokenize: nothing to count, nothing to parse
         prompt = completion = None
         for obj in self._final_objects():
             usage = obj.get("usage")

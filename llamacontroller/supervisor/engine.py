@@ -24,6 +24,7 @@ import aiohttp
 
 from llamacontroller.config import ModelEntry, Settings
 from llamacontroller.errors import DrainTimeout, LlamaControllerError, ModelUnavailable, StartFailed
+from llamacontroller.proxy.upstream import UpstreamPool
 from llamacontroller.supervisor import backends, memory
 from llamacontroller.supervisor.logs import EngineLog
 from llamacontroller.supervisor.spawn import PidFiles, free_port, rss_bytes, spawn, terminate
@@ -47,6 +48,12 @@ class Lease:
     @property
     def base_url(self) -> str:
         return self._engine.base_url
+
+    @property
+    def upstream(self) -> UpstreamPool:
+        pool = self._engine.upstream
+        assert pool is not None, "a ready engine has an address"
+        return pool
 
     def release(self) -> None:
         if not self._released:
@@ -85,7 +92,10 @@ class Engine:
         self.last_exit_code: int | None = None
         self.pid: int | None = None
         self.port: int | None = None
-        self.base_url = entry.url.rstrip("/") if entry.url else ""
+        self.base_url = ""
+        self.upstream: UpstreamPool | None = None  # the proxy's connections to base_url
+        if entry.url:
+            self._point_at(entry.url.rstrip("/"))
         self.started_at: float | None = None  # wall clock, for uptime
         self.load_seconds: float | None = None
         self.in_flight = 0
@@ -259,7 +269,7 @@ class Engine:
         except OSError as exc:
             raise StartFailed(f"cannot run {launch.argv[0]}: {exc.strerror or exc}") from None
         self._proc, self.pid, self.port = proc, proc.pid, port
-        self.base_url = f"http://127.0.0.1:{port}"
+        self._point_at(f"http://127.0.0.1:{port}")
         self.started_at = time.time()
         self._pidfiles.record(self.id, proc.pid, launch.argv)
         self._spawn_helper(self._pump_output(proc), "output")
@@ -367,7 +377,14 @@ class Engine:
         self.pid = self.port = None
         self.started_at = None
         if self.has_process:
-            self.base_url = ""
+            self._point_at("")
+
+    def _point_at(self, base_url: str) -> None:
+        """Where requests go. Pooled connections belong to one address: a new one gets a new pool."""
+        if self.upstream is not None:
+            self.upstream.close()
+        self.base_url = base_url
+        self.upstream = UpstreamPool(base_url) if base_url else None
 
 
 def _file_safe(model_id: str) -> str:
