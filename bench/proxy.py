@@ -175,7 +175,7 @@ async def measure(
         for _ in range(rounds):
             for concurrency in (1, 8, 64) if "stream" in workloads else ():
                 for target in targets:
-                    requests = max(8, concurrency * 2)
+                    requests = max(16, concurrency * 2)
                     sample = await stream_round(session, target, concurrency, requests)
                     results.setdefault((f"stream c={concurrency}", target.name), Sample()).merge(sample)
             for target in targets if "tokenize" in workloads else ():

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import shutil
@@ -67,7 +68,7 @@ def serve(host: str | None, port: int | None, config_dir: str | None) -> None:
     """Run the controller."""
     import uvicorn
 
-    from llamacontroller.api.fastlane import FastLane
+    from llamacontroller.api.fastlane import Lane, LaneProtocol
     from llamacontroller.app import create_app
     from llamacontroller.logs import setup_logging
 
@@ -77,7 +78,8 @@ def serve(host: str | None, port: int | None, config_dir: str | None) -> None:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
     setup_logging(settings.log_level)
-    app = FastLane(create_app(settings))
+    app = create_app(settings)
+    lane = Lane(app, settings.auth.trusted_proxies)
     uvicorn.run(
         app,
         host=settings.host,
@@ -88,7 +90,7 @@ def serve(host: str | None, port: int | None, config_dir: str | None) -> None:
         forwarded_allow_ips=",".join(settings.auth.trusted_proxies),
         timeout_graceful_shutdown=30,
         loop="uvloop",
-        http="httptools",
+        http=functools.partial(LaneProtocol, lane=lane),  # type: ignore[arg-type]
     )
 
 

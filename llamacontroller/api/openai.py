@@ -14,6 +14,7 @@ from llamacontroller.api.dispatch import Origin, dispatch
 from llamacontroller.api.errors import Dialect
 from llamacontroller.auth.principal import Principal
 from llamacontroller.errors import BadRequest, ModelNotFound
+from llamacontroller.proxy.call import UpstreamCall
 from llamacontroller.supervisor.engine import Engine
 
 if TYPE_CHECKING:
@@ -33,7 +34,7 @@ PASSTHROUGH = {
 }
 
 
-def proxy(origin: Origin, body: bytes, services: Services, principal: Principal, path: str) -> Response:
+def proxy(origin: Origin, body: bytes, services: Services, principal: Principal, path: str) -> UpstreamCall:
     """One OpenAI passthrough request; called by the routes below and by the fast lane."""
     payload = parse_json_object(body)
     model = payload.get("model")
@@ -54,8 +55,8 @@ def proxy(origin: Origin, body: bytes, services: Services, principal: Principal,
 
 
 def _make_route(path: str) -> None:
-    # Requests normally take the fast lane (api/fastlane.py); these routes document the paths in
-    # the OpenAPI schema and serve them if the lane is not installed.
+    # Requests with an API token normally take the fast lane (api/fastlane.py); these routes serve
+    # the rest (session cookies, HTTP/1.0, pipelined or chunked requests) and the OpenAPI schema.
     async def route(request: Request, services: ServicesDep, principal: InferenceDep) -> Response:
         return proxy(Origin.of(request), await read_body(request), services, principal, path)
 

@@ -95,16 +95,34 @@ class UpstreamCall(Response):
         self.client_gone = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # The call runs in this task; a listener cancels it if the client leaves. Cancelling
-        # closes the upstream connection, which makes llama-server abort the generation (its
-        # slot goes idle at once).
+        """As an ASGI response: a listener task tells `run` when the client leaves."""
         task = asyncio.current_task()
         assert task is not None
         listener = asyncio.ensure_future(self._listen(receive, task))
+        try:
+            await self.run(send)
+        finally:
+            listener.cancel()
+
+    async def _listen(self, receive: Receive, task: asyncio.Task[Any]) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        self.client_left(task)
+
+    def client_left(self, task: asyncio.Task[Any]) -> None:
+        """The client disconnected: cancel the task running the call (unless it is over).
+        Cancelling closes the upstream connection, which makes llama-server abort the
+        generation (its slot goes idle at once)."""
+        if not self.done:
+            self.client_gone = True
+            task.cancel()
+
+    async def run(self, send: Send) -> None:
+        """The whole call, in the caller's task; `send` is ASGI's (or the fast lane's)."""
 
         async def tracked(message: Message) -> None:
             if message["type"] == "http.response.body" and not message.get("more_body", False):
-                self.done = True  # uvicorn now reports the request as over: not a disconnect
+                self.done = True  # the response is over: from now on a close is not a disconnect
             await send(message)
 
         try:
@@ -112,25 +130,18 @@ class UpstreamCall(Response):
         except asyncio.CancelledError:
             if not self.client_gone:
                 raise
+            task = asyncio.current_task()
+            assert task is not None
             task.uncancel()
             self.status = self.status or 499
             self.error = "client disconnected"
             log.info(
-                "request %s from %s: client disconnected after %.0f ms; upstream closed",
+                "request %s: client disconnected after %.0f ms; upstream closed",
                 self.ctx.request_id,
-                scope.get("client"),
                 (time.perf_counter() - self.began) * 1000,
             )
         finally:
-            listener.cancel()
             self._record()
-
-    async def _listen(self, receive: Receive, task: asyncio.Task[Any]) -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        if not self.done:
-            self.client_gone = True
-            task.cancel()
 
     async def _run(self, send: Send) -> None:
         ctx = self.ctx

@@ -1,0 +1,116 @@
+"""The fast lane (api/fastlane.py) at the HTTP level: what a raw socket sees, for the cases the
+lane hands to uvicorn's ASGI path and for the ones it answers itself."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Iterator
+
+import h11
+import httpx
+
+from tests.harness import Controller
+
+
+def _post(controller: Controller, path: str, body: dict[str, object], *extra: str, version: str = "1.1") -> bytes:
+    data = json.dumps(body).encode()
+    lines = [
+        f"POST {path} HTTP/{version}",
+        f"Host: 127.0.0.1:{controller.port}",
+        f"Authorization: Bearer {controller.token()}",
+        "Content-Type: application/json",
+        f"Content-Length: {len(data)}",
+        *extra,
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + data
+
+
+def _exchange(controller: Controller, data: bytes) -> list[tuple[int, dict[bytes, bytes], bytes]]:
+    """Send raw bytes, read answers until the server closes; parse them with h11."""
+    with socket.create_connection(("127.0.0.1", controller.port), timeout=60) as sock:
+        sock.sendall(data)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    parser = h11.Connection(h11.CLIENT)
+    answers: list[tuple[int, dict[bytes, bytes], bytes]] = []
+    parser.receive_data(received)
+    parser.receive_data(b"")
+    while True:
+        parser.send(h11.Request(method="GET", target="/", headers=[("Host", "x")]))
+        parser.send(h11.EndOfMessage())
+        event = parser.next_event()
+        if not isinstance(event, h11.Response):
+            break
+        status, headers, body = event.status_code, dict(event.headers), b""
+        while not isinstance(event := parser.next_event(), h11.EndOfMessage):
+            assert isinstance(event, h11.Data)
+            body += event.data
+        answers.append((status, headers, body))
+        if parser.our_state is h11.MUST_CLOSE or parser.their_state is h11.MUST_CLOSE:
+            break
+        parser.start_next_cycle()
+    return answers
+
+
+def test_pipelined_requests_are_answered_in_order(controller: Controller) -> None:
+    # Three requests in one write: the second waits behind the first (uvicorn queues it), the
+    # third is not a lane request at all. Answers must come back in the order asked.
+    data = (
+        _post(controller, "/tokenize", {"model": "smollm2", "content": "one"})
+        + _post(controller, "/tokenize", {"model": "smollm2", "content": "one two three four five"})
+        + b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    answers = _exchange(controller, data)
+    assert [status for status, _, _ in answers] == [200, 200, 200]
+    first, second = (json.loads(body)["tokens"] for _, _, body in answers[:2])
+    assert len(first) < len(second)
+    assert json.loads(answers[2][2]) == {"status": "ok"}
+
+
+def test_http10_client_gets_a_length_not_chunks(controller: Controller) -> None:
+    request = _post(controller, "/tokenize", {"model": "smollm2", "content": "hi"}, version="1.0")
+    [(status, headers, body)] = _exchange(controller, request)
+    assert status == 200 and b"transfer-encoding" not in headers
+    assert int(headers[b"content-length"]) == len(body) and json.loads(body)["tokens"]
+
+
+def test_expect_continue_and_keep_alive(controller: Controller) -> None:
+    body = json.dumps({"model": "smollm2", "content": "hello"}).encode()
+    head = _post(controller, "/tokenize", {"model": "smollm2", "content": "hello"}, "Expect: 100-continue")
+    head = head[: -len(body)]
+    with socket.create_connection(("127.0.0.1", controller.port), timeout=60) as sock:
+        sock.sendall(head)
+        assert sock.recv(1024).startswith(b"HTTP/1.1 100 Continue\r\n")
+        sock.sendall(body)
+        sock.sendall(_post(controller, "/tokenize", {"model": "smollm2", "content": "again"}, "Connection: close"))
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    assert received.count(b"HTTP/1.1 200 OK\r\n") == 2  # both on one connection
+
+
+def test_chunked_body_and_bad_json_take_the_asgi_path_with_the_same_answers(controller: Controller) -> None:
+    with httpx.Client(base_url=controller.url, headers=controller.headers(), timeout=60) as client:
+
+        def chunks() -> Iterator[bytes]:
+            yield b'{"model": "smollm2", '
+            yield b'"content": "hi"}'
+
+        chunked = client.post("/tokenize", content=chunks())  # no Content-Length: the ASGI route
+        assert chunked.status_code == 200 and chunked.json()["tokens"]
+        broken = client.post("/tokenize", content=b"{nope")
+        assert broken.status_code == 400 and broken.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_forwarded_client_is_recorded_from_a_trusted_proxy(controller: Controller) -> None:
+    headers = {**controller.headers(), "X-Forwarded-For": "203.0.113.7", "X-Request-ID": "lane-forwarded-1"}
+    with httpx.Client(base_url=controller.url, timeout=60) as client:
+        reply = client.post("/tokenize", json={"model": "smollm2", "content": "hi"}, headers=headers)
+        assert reply.status_code == 200 and reply.headers["x-request-id"] == "lane-forwarded-1"
+        time.sleep(0.6)  # the usage writer batches for 0.2 s
+        rows = client.get("/api/v1/usage", params={"limit": 1000}, headers=controller.headers()).json()["entries"]
+    [row] = [r for r in rows if r["request_id"] == "lane-forwarded-1"]
+    assert row["client_ip"] == "203.0.113.7" and row["endpoint"] == "/tokenize" and row["status"] == 200
