@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -125,6 +125,18 @@ class Controller:
 
     def log(self) -> str:
         return (self.root / "controller.log").read_text(errors="replace")
+
+    def usage_row(self, match: Callable[[dict[str, Any]], bool], timeout: float = 10, **params: Any) -> dict[str, Any]:
+        """The newest usage row that `match`es, waiting for the usage writer (it writes in batches)."""
+        deadline = time.monotonic() + timeout
+        with self.client() as client:
+            while True:
+                rows = client.get("/api/v1/usage", params={"limit": 1000, **params}).json()["entries"]
+                found = [row for row in rows if match(row)]
+                if found:
+                    return found[0]
+                assert time.monotonic() < deadline, f"no usage row matched within {timeout}s"
+                time.sleep(0.2)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 40) -> int:
         if self.proc.poll() is None:

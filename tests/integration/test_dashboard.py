@@ -162,8 +162,12 @@ def test_usable_at_375_px(browser: Browser, ui: Controller) -> None:
 
 def test_admin_pages_render(page: Page, ui: Controller) -> None:
     with ui.client() as api:
-        api.post("/v1/completions", json={"model": "smollm2-135m", "prompt": "hi", "max_tokens": 2})
-    page.wait_for_timeout(500)  # usage rows are written in batches
+        api.post(
+            "/v1/completions",
+            json={"model": "smollm2-135m", "prompt": "hi", "max_tokens": 2},
+            headers={"X-Request-ID": "dashboard-usage"},
+        )
+    ui.usage_row(lambda r: r["request_id"] == "dashboard-usage")
     log_in(page, ui)
     for path, heading in (
         ("/ui/usage", "Usage"),

@@ -72,9 +72,10 @@ def test_cli_models_commands(controller: Controller) -> None:
 
 def test_usage_aggregates(controller: Controller) -> None:
     with controller.client() as client:
-        for _ in range(3):
-            client.post("/v1/completions", json={"model": "smollm2", "prompt": "hi", "max_tokens": 2})
-        time.sleep(0.6)  # the usage writer batches for 0.2 s
+        for i in range(3):
+            headers = {"X-Request-ID": f"aggregate-{i}"}
+            client.post("/v1/completions", json={"model": "smollm2", "prompt": "hi", "max_tokens": 2}, headers=headers)
+        controller.usage_row(lambda r: r["request_id"] == "aggregate-2")
         by_model = client.get("/api/v1/usage", params={"group_by": "model"}).json()["groups"]
         smol = next(g for g in by_model if g["key"] == "smollm2-135m")
         assert smol["requests"] >= 3 and smol["completion_tokens"] >= 6

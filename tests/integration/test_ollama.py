@@ -188,19 +188,14 @@ def test_open_webui_connect_and_chat(controller: Controller) -> None:
         assert lines[-1]["done"] is True
         unload = web.post("/api/generate", json={"model": "smollm2-135m:latest", "keep_alive": 0, "prompt": ""})
         assert unload.json()["done_reason"] == "unload"
-    with controller.client() as admin:
-        time.sleep(0.5)  # usage rows are written in batches
-        rows = admin.get("/api/v1/usage", params={"model": "smollm2-135m"}).json()["entries"]
-        chat = next(r for r in rows if (r["client_user"] or {}).get("name") == "alice")
-        assert chat["endpoint"] == "/api/chat" and chat["dialect"] == "ollama"
-        assert chat["prompt_tokens"] > 0 and chat["completion_tokens"] > 0
+    chat = controller.usage_row(lambda r: (r["client_user"] or {}).get("name") == "alice", model="smollm2-135m")
+    assert chat["endpoint"] == "/api/chat" and chat["dialect"] == "ollama"
+    assert chat["prompt_tokens"] > 0 and chat["completion_tokens"] > 0
 
 
 def test_non_stream_answers_are_counted_in_usage(client: ollama.Client, controller: Controller) -> None:
     client.chat(model="smollm2", messages=[{"role": "user", "content": "usage please"}], options={"num_predict": 3})
-    time.sleep(0.5)  # usage rows are written in batches
-    with controller.client() as admin:
-        row = admin.get("/api/v1/usage", params={"model": "smollm2-135m"}).json()["entries"][0]
+    row = controller.usage_row(lambda r: r["endpoint"] == "/api/chat" and r["completion_tokens"] == 3)
     assert row["endpoint"] == "/api/chat" and row["completion_tokens"] == 3 and row["prompt_tokens"] > 0
 
 
