@@ -25,6 +25,7 @@ from pathlib import Path
 
 import aiohttp
 import httpx
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.harness import (
@@ -50,6 +51,7 @@ class Target:
     url: str
     model: str
     headers: dict[str, str] = field(default_factory=dict)
+    pid: int | None = None  # whose CPU time per request is reported (the proxy in front)
 
 
 @dataclass
@@ -58,6 +60,7 @@ class Sample:
     errors: int = 0
     requests: int = 0
     wall: float = 0.0
+    cpu: float = 0.0  # CPU seconds of the target's proxy process during the round
     ttft: list[float] = field(default_factory=list)
     latency: list[float] = field(default_factory=list)
 
@@ -66,6 +69,7 @@ class Sample:
         self.errors += other.errors
         self.requests += other.requests
         self.wall += other.wall
+        self.cpu += other.cpu
         self.ttft += other.ttft
         self.latency += other.latency
 
@@ -179,9 +183,18 @@ async def measure(
                     sample = await stream_round(session, target, concurrency, requests)
                     results.setdefault((f"stream c={concurrency}", target.name), Sample()).merge(sample)
             for target in targets if "tokenize" in workloads else ():
+                before = _cpu(target.pid)
                 sample = await tokenize_round(session, target, 16, seconds)
+                sample.cpu = _cpu(target.pid) - before
                 results.setdefault(("tokenize c=16", target.name), Sample()).merge(sample)
     return results
+
+
+def _cpu(pid: int | None) -> float:
+    if pid is None:
+        return 0.0
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
 
 
 def table(results: dict[tuple[str, str], Sample], names: list[str]) -> str:
@@ -219,7 +232,7 @@ def main() -> None:
         ).raise_for_status()
         targets = [
             Target("direct", direct, "smollm2-135m"),
-            Target("controller", ctl.url, "smollm2-135m", ctl.headers()),
+            Target("controller", ctl.url, "smollm2-135m", ctl.headers(), ctl.proc.pid),
             Target("router", router, SMOLLM2.stem),
         ]
         workloads = {args.only} if args.only else {"stream", "tokenize"}
@@ -231,6 +244,8 @@ def main() -> None:
             results[("tokenize c=16", "direct")].latency
         )
         print(f"\ntokenize p50 added by the controller: {p50_added * 1000:.2f} ms")
+        lane = results[("tokenize c=16", "controller")]
+        print(f"controller CPU per /tokenize request: {lane.cpu / max(lane.requests, 1) * 1e6:.0f} µs")
 
 
 if __name__ == "__main__":

@@ -132,7 +132,7 @@ class Controller:
         with self.client() as client:
             while True:
                 rows = client.get("/api/v1/usage", params={"limit": 1000, **params}).json()["entries"]
-                found = [row for row in rows if match(row)]
+                found: list[dict[str, Any]] = [row for row in rows if match(row)]
                 if found:
                     return found[0]
                 assert time.monotonic() < deadline, f"no usage row matched within {timeout}s"

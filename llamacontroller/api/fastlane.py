@@ -189,7 +189,7 @@ class LaneRequest:
             except LlamaControllerError as exc:
                 await self._respond(render(Dialect.OPENAI, exc))
                 return
-            await call.run(self.send)
+            await call.run(self.send, self)
         except Exception:
             log.exception("unhandled error on POST %s", self.path)
             if not self.started:
@@ -213,23 +213,32 @@ class LaneRequest:
         if message["type"] == "http.response.start":
             self.head = self._head(message["status"], message.get("headers", []))
             return
-        body = message.get("body", b"")
         more = message.get("more_body", False)
-        if self.chunked:
-            out = b"%x\r\n%s\r\n" % (len(body), body) if body else b""
-            if not more:
-                out += b"0\r\n\r\n"
-        else:
-            out = body
+        if not self.write_body(message.get("body", b"")) and more:
+            await self.drain()
+        if not more:
+            tail = b"0\r\n\r\n" if self.chunked else b""
+            if self.head is not None:  # an answer without a body
+                tail, self.head, self.started = self.head + tail, None, True
+            if tail:
+                self.transport.write(tail)
+            self._complete()
+
+    def write_body(self, chunk: bytes) -> bool:
+        """A piece of the body, written at once (UpstreamCall pipes a passthrough answer
+        here without a task switch per piece). False when the client's buffer is full."""
+        if self.disconnected or self.response_complete or not chunk:
+            return True
+        out = b"%x\r\n%s\r\n" % (len(chunk), chunk) if self.chunked else chunk
         if self.head is not None:
             out = self.head + out
             self.head = None
             self.started = True
-        if out:
-            self.transport.write(out)
-        if not more:
-            self._complete()
-        elif self.protocol.flow.write_paused:
+        self.transport.write(out)
+        return not self.protocol.flow.write_paused
+
+    async def drain(self) -> None:
+        if self.protocol.flow.write_paused and not self.disconnected:
             await self.protocol.flow.drain()
 
     def _head(self, status: int, headers: list[tuple[bytes, bytes]]) -> bytes:

@@ -54,6 +54,16 @@ HOP_BY_HOP = frozenset(
 STREAM_HEADERS = [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 
 
+class BodyWriter(Protocol):
+    """A direct line to the client's socket (the fast lane has one; ASGI does not)."""
+
+    def write_body(self, chunk: bytes) -> bool:
+        """Write a piece of the body at once; False when the client's buffer is full."""
+        ...
+
+    async def drain(self) -> None: ...
+
+
 class Translator(Protocol):
     """Turns the engine's OpenAI-dialect answer into another dialect, chunk by chunk."""
 
@@ -91,6 +101,7 @@ class UpstreamCall(Response):
         self.tap = UsageTap(stream=ctx.stream if ctx.upstream_stream is None else ctx.upstream_stream)
         self.began = time.perf_counter()
         self.error: str | None = None
+        self.writer: BodyWriter | None = None
         self.done = False  # the call ended (the listener must no longer cancel it)
         self.client_gone = False
 
@@ -117,8 +128,10 @@ class UpstreamCall(Response):
             self.client_gone = True
             task.cancel()
 
-    async def run(self, send: Send) -> None:
-        """The whole call, in the caller's task; `send` is ASGI's (or the fast lane's)."""
+    async def run(self, send: Send, writer: BodyWriter | None = None) -> None:
+        """The whole call, in the caller's task; `send` is ASGI's (or the fast lane's, which
+        also gives a `writer` for passthrough bodies)."""
+        self.writer = writer
 
         async def tracked(message: Message) -> None:
             if message["type"] == "http.response.body" and not message.get("more_body", False):
@@ -213,16 +226,19 @@ class UpstreamCall(Response):
         is_sse = upstream.header(b"content-type").startswith(b"text/event-stream")
         tap = self.tap
         ended = False
-        async for chunk in upstream.chunks():
-            if self.ttft is None:
-                self.ttft = time.perf_counter() - self.began
-            tap.feed(chunk)
-            if translator is None:
-                # The last piece of a passthrough answer ends the response in the same message.
-                ended = upstream.at_end and not is_sse
-                await send({"type": "http.response.body", "body": chunk, "more_body": not ended})
-            elif out := translator.feed(chunk):
-                await send({"type": "http.response.body", "body": out, "more_body": True})
+        if translator is None and self.writer is not None:
+            await upstream.pipe(self._piece(self.writer), self.writer.drain)
+        else:
+            async for chunk in upstream.chunks():
+                if self.ttft is None:
+                    self.ttft = time.perf_counter() - self.began
+                tap.feed(chunk)
+                if translator is None:
+                    # The last piece of a passthrough answer ends the response in the same message.
+                    ended = upstream.at_end and not is_sse
+                    await send({"type": "http.response.body", "body": chunk, "more_body": not ended})
+                elif out := translator.feed(chunk):
+                    await send({"type": "http.response.body", "body": out, "more_body": True})
         if upstream.status < 400 and is_sse and not tap.finished():
             # An OpenAI stream always ends with "data: [DONE]"; without it the engine stopped early.
             raise UpstreamError(f"the engine for {ctx.engine.id!r} ended the stream early")
@@ -231,6 +247,18 @@ class UpstreamCall(Response):
             await send({"type": "http.response.body", "body": tail})
         if upstream.status >= 400:
             self.error = tap.error_message()
+
+    def _piece(self, writer: BodyWriter) -> Callable[[bytes], bool]:
+        """What a passthrough body piece goes through on its way from the engine to the client."""
+        tap = self.tap
+
+        def piece(chunk: bytes) -> bool:
+            if self.ttft is None:
+                self.ttft = time.perf_counter() - self.began
+            tap.feed(chunk)
+            return writer.write_body(chunk)
+
+        return piece
 
     def _own_headers(self) -> list[tuple[bytes, bytes]]:
         return [(b"x-request-id", self.ctx.request_id.encode())]

@@ -19,7 +19,7 @@ import asyncio
 import ssl
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import cast
 from urllib.parse import urlsplit
 
@@ -48,7 +48,10 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.idle_since = 0.0
+        self.last_data = 0.0  # loop time of the last bytes from the engine
         self.parser: httptools.HttpResponseParser | None = None
+        self.sink: Callable[[bytes], bool] | None = None  # set while piping (Response.pipe)
+        self._timer: asyncio.TimerHandle | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -66,6 +69,7 @@ class _Connection(asyncio.Protocol):
 
     def begin(self, data: bytes) -> None:
         assert self.transport is not None
+        self.resume()  # a pooled connection may have been paused by the last answer's reader
         self._reset()
         self.parser = httptools.HttpResponseParser(self)
         self.transport.write(data)
@@ -76,6 +80,7 @@ class _Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
 
     def data_received(self, data: bytes) -> None:
+        self.last_data = self.loop.time()
         if self.parser is None:  # bytes while idle: not HTTP we asked for; never reuse this one
             self.abort()
             return
@@ -111,11 +116,14 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     def on_body(self, body: bytes) -> None:
+        if self.sink is not None:
+            if not self.sink(body):  # the client is not keeping up: stop reading until it does
+                self._pause()
+            return
         self.chunks.append(body)
         self.buffered += len(body)
-        if self.buffered > HIGH_WATER and not self.paused and self.transport is not None:
-            self.paused = True
-            self.transport.pause_reading()
+        if self.buffered > HIGH_WATER:
+            self._pause()
         self._wake()
 
     def on_message_complete(self) -> None:
@@ -123,6 +131,17 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     # ---------------------------------------------------------------------------- helpers
+
+    def _pause(self) -> None:
+        if not self.paused and self.transport is not None:
+            self.paused = True
+            self.transport.pause_reading()
+            self._wake()
+
+    def resume(self) -> None:
+        if self.paused and self.transport is not None and not self.closed:
+            self.paused = False
+            self.transport.resume_reading()
 
     def _wake(self) -> None:
         waiter = self.waiter
@@ -135,23 +154,34 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     async def wait(self, timeout: float) -> None:
-        """Until something arrives (head, body, end or error); TimeoutError after `timeout` of silence."""
+        """Until something arrives (head, body, end or error); TimeoutError after `timeout` of
+        silence from the engine (bytes handed to a sink count: the clock is `last_data`)."""
         waiter = self.waiter = self.loop.create_future()
-        timer = self.loop.call_later(timeout, _expire, waiter)
+        self.last_data = self.loop.time()  # silence is counted from now, or from later bytes
+        self._timer = self.loop.call_later(timeout, self._check_silence, waiter, timeout)
         try:
             await waiter
         finally:
-            timer.cancel()
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
             self.waiter = None
+
+    def _check_silence(self, waiter: asyncio.Future[None], timeout: float) -> None:
+        quiet = self.loop.time() - self.last_data
+        if waiter.done():
+            return
+        if quiet >= timeout:
+            waiter.set_exception(TimeoutError())
+        else:  # bytes went to a sink meanwhile: the silence started later than this timer
+            self._timer = self.loop.call_later(timeout - quiet, self._check_silence, waiter, timeout)
 
     def take(self) -> bytes:
         chunks = self.chunks
         chunk = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
         chunks.clear()
         self.buffered = 0
-        if self.paused and self.transport is not None and not self.closed:
-            self.paused = False
-            self.transport.resume_reading()
+        self.resume()
         return chunk
 
     @property
@@ -162,11 +192,6 @@ class _Connection(asyncio.Protocol):
         self.closed = True
         if self.transport is not None:
             self.transport.abort()
-
-
-def _expire(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_exception(TimeoutError())
 
 
 class Response:
@@ -205,6 +230,27 @@ class Response:
     def at_end(self) -> bool:
         """Everything the engine sent has been taken."""
         return self._conn.complete and not self._conn.chunks
+
+    async def pipe(self, write: Callable[[bytes], bool], drain: Callable[[], Awaitable[None]]) -> None:
+        """Hand the body to `write` piece by piece, right from the protocol callback: no task
+        switch per piece (a stream has one per token, and every switch is CPU taken from the
+        engine on a shared machine). `write` returns False when the client is not keeping up;
+        reading from the engine then pauses until `drain()` returns."""
+        conn = self._conn
+        if conn.chunks and not write(conn.take()):
+            await drain()
+        conn.sink = write
+        try:
+            while not conn.complete:
+                if conn.error is not None:
+                    raise conn.error
+                if conn.paused:
+                    await drain()
+                    conn.resume()
+                else:
+                    await conn.wait(self._timeout)
+        finally:
+            conn.sink = None
 
     async def read(self) -> bytes:
         return b"".join([chunk async for chunk in self.chunks()])
