@@ -86,7 +86,7 @@ async def receive_body(receive: Receive, declared: str | None, limit: int = MAX_
     """The whole request body, refused (413) as soon as it is known to be over `limit`."""
     if declared and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"request body over {limit // 2**20} MiB")
-    body = b""
+    body = bytearray()  # bytes += would copy the whole body for every chunk
     while True:
         message = await receive()
         if message["type"] != "http.request":
@@ -96,7 +96,7 @@ async def receive_body(receive: Receive, declared: str | None, limit: int = MAX_
         if len(body) > limit:
             raise PayloadTooLarge(f"request body over {limit // 2**20} MiB")
         if not message.get("more_body", False):
-            return body
+            return bytes(body)
 
 
 def parse_json_object(body: bytes) -> dict[str, Any]:
