@@ -104,7 +104,7 @@ class LaneProtocol(HttpToolsProtocol):
                 api_key = value.decode("latin-1")
             elif name == b"content-length" and value.isdigit():
                 length = int(value)
-        if authorization is None and api_key is None:
+        if authorization is None and not (api_key and api_key.strip()):
             return None  # a dashboard session or an anonymous caller: the full check decides
         if not 0 <= length <= MAX_BODY:
             return None  # chunked or too large: the ASGI path streams and refuses those (413)
@@ -178,8 +178,8 @@ class LaneRequest:
     async def run(self) -> None:
         try:
             try:
-                token = credential(self.authorization, self.api_key)
-                assert token is not None
+                token = credential(self.authorization, self.api_key)  # raises if malformed
+                assert token is not None, "_lane_request takes only requests with a credential"
                 principal = await self.services.auth.verify(token)
                 principal.require("inference")
                 peer = self.protocol.client

@@ -111,3 +111,12 @@ def test_forwarded_client_is_recorded_from_a_trusted_proxy(controller: Controlle
         assert reply.status_code == 200 and reply.headers["x-request-id"] == "lane-forwarded-1"
     row = controller.usage_row(lambda r: r["request_id"] == "lane-forwarded-1")
     assert row["client_ip"] == "203.0.113.7" and row["endpoint"] == "/tokenize" and row["status"] == 200
+
+
+def test_empty_or_malformed_credentials_are_401_in_openai_shape(controller: Controller) -> None:
+    data = json.dumps({"model": "smollm2", "content": "hi"}).encode()
+    for credential in ("X-API-Key: ", "Authorization: Basic abc", "Authorization: Bearer lc_nope"):
+        head = f"POST /tokenize HTTP/1.1\r\nHost: x\r\n{credential}\r\nContent-Length: {len(data)}\r\n"
+        [(status, _, body)] = _exchange(controller, (head + "Connection: close\r\n\r\n").encode() + data)
+        assert status == 401, (credential, body)
+        assert json.loads(body)["error"]["type"] == "authentication_error"
