@@ -149,6 +149,7 @@ class LaneRequest:
         self.call: UpstreamCall | None = None
         self.head: bytes | None = None  # status line and headers, written with the first body bytes
         self.chunked = True
+        self.remaining = 0  # bytes still owed under the answer's Content-Length
         self.started = False
 
     # ------------------------------------------------------------------- events from uvicorn
@@ -229,7 +230,17 @@ class LaneRequest:
         here without a task switch per piece). False when the client's buffer is full."""
         if self.disconnected or self.response_complete or not chunk:
             return True
-        out = b"%x\r\n%s\r\n" % (len(chunk), chunk) if self.chunked else chunk
+        if self.chunked:
+            out = b"%x\r\n%s\r\n" % (len(chunk), chunk)
+        elif len(chunk) > self.remaining:
+            # More than the Content-Length promised (an in-band error after a cut-short answer):
+            # the framing is lost, so the connection ends rather than confuse the next answer.
+            self.keep_alive = False
+            self.transport.close()
+            return True
+        else:
+            out = chunk
+            self.remaining -= len(chunk)
         if self.head is not None:
             out = self.head + out
             self.head = None
@@ -246,6 +257,7 @@ class LaneRequest:
         for name, value in (*self.protocol.server_state.default_headers, *headers):  # date, server
             if name == b"content-length":
                 self.chunked = False
+                self.remaining = int(value)
             parts += (name, b": ", value, b"\r\n")
         if self.chunked:
             parts.append(b"transfer-encoding: chunked\r\n")
@@ -256,6 +268,8 @@ class LaneRequest:
 
     def _complete(self) -> None:
         self.response_complete = True
+        if not self.chunked and self.remaining:
+            self.keep_alive = False  # shorter than its Content-Length: only a close tells the client
         if not self.keep_alive:
             self.transport.close()
         self.protocol.on_response_complete()

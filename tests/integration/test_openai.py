@@ -223,3 +223,27 @@ def test_unreachable_engine_is_502(tmp_path: Path) -> None:
             )
             assert response.status_code == 502
             assert response.json()["error"]["type"] == "server_error"
+
+
+def test_answer_cut_short_ends_the_connection(tmp_path: Path) -> None:
+    # An upstream promising 100 bytes and closing after 10: the client must see the answer end
+    # with the connection, not have an in-band error spliced into a Content-Length body.
+    with socket.socket() as short:
+        short.bind(("127.0.0.1", 0))
+        short.listen(16)
+
+        def serve() -> None:
+            conn, _ = short.accept()
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n")
+                time.sleep(0.1)
+                conn.sendall(b'{"tokens":')
+
+        threading.Thread(target=serve, daemon=True).start()
+        url = f"http://127.0.0.1:{short.getsockname()[1]}"
+        with running_controller(tmp_path, models=[{"id": "short", "backend": "remote", "url": url}]) as ctl:
+            with pytest.raises(httpx.RemoteProtocolError):
+                httpx.post(f"{ctl.url}/tokenize", json={"model": "short"}, headers=ctl.headers(), timeout=30)
+            # the controller is fine afterwards
+            assert httpx.get(f"{ctl.url}/health", timeout=5).status_code == 200
