@@ -68,7 +68,7 @@ def main() -> None:
     args = parser.parse_args()
     healthy, bare, ours, router = [], [], [], []
     root = Path(tempfile.mkdtemp(prefix="bench-cold-"))
-    with running_controller(root, models=[model_entry("smollm2-135m", SMOLLM2)]) as ctl, router_mode() as rt:
+    with running_controller(root, models=[model_entry("smollm2-135m", SMOLLM2)]) as ctl, router_mode() as (rt, _):
         mgmt = httpx.Client(base_url=ctl.url, headers=ctl.headers(), timeout=60)
         for _ in range(args.runs):
             h, b = bare_run()

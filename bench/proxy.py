@@ -1,9 +1,13 @@
 """Proxy overhead: direct llama-server vs LlamaController vs llama.cpp router mode, in one run.
 
 (a) streaming chat, max_tokens 32, at concurrency 1, 8 and 64: tokens/s, TTFT p50/p99, errors;
-(b) POST /tokenize at concurrency 16: requests/s, latency p50/p99.
-Targets are interleaved round by round (A B C A B C ...) so drift hits them alike. Every target
-serves SmolLM2-135M with the same flags (-c 2048, --threads 2). Prints one Markdown table.
+(b) POST /tokenize at concurrency 16: requests/s, latency p50/p99 (and at concurrency 1, where
+latency is the proxy's own and not the queue's).
+Targets are interleaved round by round, and the order rotates each round (A B C, B C A, C A B),
+so neither drift nor going first or last favours one of them. Every target serves SmolLM2-135M
+with the same flags (-c 2048, --threads 2). Prints one Markdown table, then where the CPU went:
+per request (tokenize) or per token (stream), for the load generator, the engine and the proxy
+in front of it, read from /proc around each round.
 
 Usage: python bench/proxy.py [--rounds 3] [--seconds 4]
 """
@@ -16,6 +20,7 @@ import contextlib
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -30,7 +35,6 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.harness import (
     SMOLLM2,
-    bare_llama_server,
     llama_server_process,
     model_entry,
     running_controller,
@@ -51,7 +55,8 @@ class Target:
     url: str
     model: str
     headers: dict[str, str] = field(default_factory=dict)
-    pid: int | None = None  # whose CPU time per request is reported (the proxy in front)
+    proxy_pid: int | None = None  # the process in front of the engine (controller, router)
+    engine_pid: int | None = None  # the llama-server that answers (found after warm-up)
 
 
 @dataclass
@@ -60,16 +65,23 @@ class Sample:
     errors: int = 0
     requests: int = 0
     wall: float = 0.0
-    cpu: float = 0.0  # CPU seconds of the target's proxy process during the round
+    cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds per process during the rounds
     ttft: list[float] = field(default_factory=list)
     latency: list[float] = field(default_factory=list)
+    rounds: list[Sample] = field(default_factory=list)  # the merged ones, to show the spread between rounds
+
+    def rate(self, stream: bool) -> float:
+        """Tokens/s for a stream workload, requests/s otherwise."""
+        return (self.tokens if stream else self.requests) / self.wall if self.wall else 0.0
 
     def merge(self, other: Sample) -> None:
+        self.rounds.append(other)
         self.tokens += other.tokens
         self.errors += other.errors
         self.requests += other.requests
         self.wall += other.wall
-        self.cpu += other.cpu
+        for name, seconds in other.cpu.items():
+            self.cpu[name] = self.cpu.get(name, 0.0) + seconds
         self.ttft += other.ttft
         self.latency += other.latency
 
@@ -153,16 +165,22 @@ async def tokenize_round(session: aiohttp.ClientSession, target: Target, concurr
 
 
 @contextlib.contextmanager
-def router_mode() -> Iterator[str]:
+def router_mode() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     models = Path(tempfile.mkdtemp(prefix="router-models-"))
     (models / SMOLLM2.name).symlink_to(SMOLLM2)
-    with llama_server_process("--models-dir", str(models)) as (url, _):
+    with llama_server_process("--models-dir", str(models)) as (url, proc):
         wait_http(url + "/health")
-        yield url
+        yield url, proc
+
+
+# Requests per round. c=8 gets four waves of clients (with llama-server's 4 slots, a round of
+# two waves varied ±10 % with how the waves happened to overlap); c=64 two waves.
+STREAM_REQUESTS = {1: 16, 8: 32, 64: 128}
 
 
 async def warm(session: aiohttp.ClientSession, target: Target) -> None:
     await stream_round(session, target, 1, 2)
+    await stream_round(session, target, 8, 8)  # every slot has run once
     await tokenize_round(session, target, 2, 0.5)
 
 
@@ -176,44 +194,93 @@ async def measure(
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         for target in targets:
             await warm(session, target)
-        for _ in range(rounds):
-            for concurrency in (1, 8, 64) if "stream" in workloads else ():
-                for target in targets:
-                    requests = max(16, concurrency * 2)
-                    sample = await stream_round(session, target, concurrency, requests)
+            target.engine_pid = target.engine_pid or _engine_of(target.proxy_pid)
+        for round_ in range(rounds):
+            order = targets[round_ % len(targets) :] + targets[: round_ % len(targets)]
+            for concurrency in STREAM_REQUESTS if "stream" in workloads else ():
+                for target in order:
+                    with _cpu(target) as cpu:
+                        sample = await stream_round(session, target, concurrency, STREAM_REQUESTS[concurrency])
+                    sample.cpu = cpu
                     results.setdefault((f"stream c={concurrency}", target.name), Sample()).merge(sample)
-            for target in targets if "tokenize" in workloads else ():
-                before = _cpu(target.pid)
-                sample = await tokenize_round(session, target, 16, seconds)
-                sample.cpu = _cpu(target.pid) - before
-                results.setdefault(("tokenize c=16", target.name), Sample()).merge(sample)
+            # c=1 beside the issue's c=16: one request at a time shows the latency a proxy adds by
+            # itself; at c=16 the cores are saturated and latency is mostly the queue.
+            for concurrency, duration in ((16, seconds), (1, seconds / 2)) if "tokenize" in workloads else ():
+                for target in order:
+                    with _cpu(target) as cpu:
+                        sample = await tokenize_round(session, target, concurrency, duration)
+                    sample.cpu = cpu
+                    results.setdefault((f"tokenize c={concurrency}", target.name), Sample()).merge(sample)
     return results
 
 
-def _cpu(pid: int | None) -> float:
-    if pid is None:
-        return 0.0
-    times = psutil.Process(pid).cpu_times()
+def _engine_of(proxy_pid: int | None) -> int | None:
+    """The llama-server a proxy started (router mode starts it on the first request)."""
+    if proxy_pid is None:
+        return None
+    engines = [p for p in psutil.Process(proxy_pid).children(recursive=True) if p.name() == "llama-server"]
+    return engines[0].pid if engines else None
+
+
+@contextlib.contextmanager
+def _cpu(target: Target) -> Iterator[dict[str, float]]:
+    """CPU seconds (user + system) each process spent inside the block, filled in at its end."""
+    pids = {"load generator": os.getpid(), "engine": target.engine_pid, "proxy": target.proxy_pid}
+    processes = {name: psutil.Process(pid) for name, pid in pids.items() if pid is not None}
+    before = {name: _seconds(process) for name, process in processes.items()}
+    spent: dict[str, float] = {}
+    yield spent
+    spent.update({name: _seconds(process) - before[name] for name, process in processes.items()})
+
+
+def _seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
     return float(times.user + times.system)
 
 
 def table(results: dict[tuple[str, str], Sample], names: list[str]) -> str:
     lines = [
-        "| workload | target | throughput | ratio to direct | TTFT / latency p50 ms | p99 ms | errors |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| workload | target | throughput | ratio to direct | per-round ratios | TTFT / latency p50 ms | p99 ms "
+        "| errors |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for workload in dict.fromkeys(w for w, _ in results):
         direct = results[(workload, "direct")]
         stream = workload.startswith("stream")
-        base = (direct.tokens if stream else direct.requests) / direct.wall
         for name in names:
             s = results[(workload, name)]
-            rate = (s.tokens if stream else s.requests) / s.wall
             unit = "tok/s" if stream else "req/s"
             times = s.ttft if stream else s.latency
+            # Each round's rate over direct's in the same round: how far one round's ratio strays.
+            paired = zip(s.rounds, direct.rounds, strict=True)
+            ratios = [mine.rate(stream) / base.rate(stream) for mine, base in paired if base.rate(stream)]
+            spread = f"{min(ratios):.2f} to {max(ratios):.2f}" if ratios else "-"
+            rate, base = s.rate(stream), direct.rate(stream)
             lines.append(
-                f"| {workload} | {name} | {rate:,.1f} {unit} | {rate / base:.3f} | {pct(times, 50):.2f} | "
-                f"{pct(times, 99):.2f} | {s.errors} |"
+                f"| {workload} | {name} | {rate:,.1f} {unit} | {rate / base:.3f} | {spread} | "
+                f"{pct(times, 50):.2f} | {pct(times, 99):.2f} | {s.errors} |"
+            )
+    return "\n".join(lines)
+
+
+def cpu_table(results: dict[tuple[str, str], Sample], names: list[str]) -> str:
+    """Where the CPU went: µs per request (tokenize) or per token (stream), by process. On a
+    machine where all of them share the cores, throughput is the cores divided by the total."""
+    processes = ("load generator", "engine", "proxy")
+    lines = [
+        "| workload | target | per | " + " | ".join(processes) + " | total | busy cores |",
+        "|---|---|---|" + "---:|" * (len(processes) + 2),
+    ]
+    for workload in dict.fromkeys(w for w, _ in results):
+        stream = workload.startswith("stream")
+        for name in names:
+            s = results[(workload, name)]
+            units = max(s.tokens if stream else s.requests, 1)
+            cells = [f"{s.cpu[p] / units * 1e6:,.0f} µs" if p in s.cpu else "-" for p in processes]
+            total = sum(s.cpu.values())
+            lines.append(
+                f"| {workload} | {name} | {'token' if stream else 'request'} | {' | '.join(cells)} | "
+                f"{total / units * 1e6:,.0f} µs | {total / s.wall:.2f} |"
             )
     return "\n".join(lines)
 
@@ -226,26 +293,33 @@ def main() -> None:
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bench-proxy-"))
     models = [model_entry("smollm2-135m", SMOLLM2, max_concurrency=64, queue_timeout=120)]
-    with bare_llama_server(SMOLLM2) as direct, router_mode() as router, running_controller(root, models=models) as ctl:
+    with (
+        llama_server_process("-m", str(SMOLLM2)) as (direct, direct_proc),
+        router_mode() as (router, router_proc),
+        running_controller(root, models=models) as ctl,
+    ):
+        wait_http(direct + "/health")
         httpx.post(
             f"{ctl.url}/api/v1/models/load", json={"model_id": "smollm2-135m"}, headers=ctl.headers(), timeout=120
         ).raise_for_status()
         targets = [
-            Target("direct", direct, "smollm2-135m"),
-            Target("controller", ctl.url, "smollm2-135m", ctl.headers(), ctl.proc.pid),
-            Target("router", router, SMOLLM2.stem),
+            Target("direct", direct, "smollm2-135m", engine_pid=direct_proc.pid),
+            Target("controller", ctl.url, "smollm2-135m", ctl.headers(), proxy_pid=ctl.proc.pid),
+            Target("router", router, SMOLLM2.stem, proxy_pid=router_proc.pid),
         ]
         workloads = {args.only} if args.only else {"stream", "tokenize"}
         results = asyncio.run(measure(targets, args.rounds, args.seconds, workloads))
     print(f"\nproxy benchmark: {args.rounds} interleaved rounds, SmolLM2-135M Q4_1, {os.cpu_count()} cores\n")
     print(table(results, [t.name for t in targets]))
-    if ("tokenize c=16", "direct") in results:
-        p50_added = statistics.median(results[("tokenize c=16", "controller")].latency) - statistics.median(
-            results[("tokenize c=16", "direct")].latency
-        )
-        print(f"\ntokenize p50 added by the controller: {p50_added * 1000:.2f} ms")
-        lane = results[("tokenize c=16", "controller")]
-        print(f"controller CPU per /tokenize request: {lane.cpu / max(lane.requests, 1) * 1e6:.0f} µs")
+    for workload in ("tokenize c=16", "tokenize c=1"):
+        if (workload, "direct") in results:
+            added = statistics.median(results[(workload, "controller")].latency) - statistics.median(
+                results[(workload, "direct")].latency
+            )
+            print(f"\n{workload}: p50 latency added by the controller {added * 1000:.2f} ms", end="")
+    print()
+    print("\nCPU time per request or token, by process (user + system, from /proc):\n")
+    print(cpu_table(results, [t.name for t in targets]))
 
 
 if __name__ == "__main__":
