@@ -70,9 +70,12 @@ class Sample:
     latency: list[float] = field(default_factory=list)
     rounds: list[Sample] = field(default_factory=list)  # the merged ones, to show the spread between rounds
 
+    def units(self, stream: bool) -> int:
+        """What a workload counts: tokens for a stream, requests otherwise."""
+        return self.tokens if stream else self.requests
+
     def rate(self, stream: bool) -> float:
-        """Tokens/s for a stream workload, requests/s otherwise."""
-        return (self.tokens if stream else self.requests) / self.wall if self.wall else 0.0
+        return self.units(stream) / self.wall if self.wall else 0.0
 
     def merge(self, other: Sample) -> None:
         self.rounds.append(other)
@@ -275,7 +278,7 @@ def cpu_table(results: dict[tuple[str, str], Sample], names: list[str]) -> str:
         stream = workload.startswith("stream")
         for name in names:
             s = results[(workload, name)]
-            units = max(s.tokens if stream else s.requests, 1)
+            units = max(s.units(stream), 1)
             cells = [f"{s.cpu[p] / units * 1e6:,.0f} µs" if p in s.cpu else "-" for p in processes]
             total = sum(s.cpu.values())
             lines.append(
