@@ -10,14 +10,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from llamacontroller.api import errors, management, ollama, openai, root, system
+from llamacontroller.api.frontdoor import FrontDoor
 from llamacontroller.auth.ratelimit import TokenLimits
 from llamacontroller.auth.sessions import LoginGuard, Sessions, secret_key
 from llamacontroller.auth.store import AuthStore
@@ -33,7 +33,6 @@ log = logging.getLogger(__name__)
 
 GLOBAL_QUEUE_LIMIT = 1024
 STATIC = Path(__file__).resolve().parents[1] / "static"
-CSP = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; frame-ancestors 'none'"
 
 
 @dataclass
@@ -99,6 +98,7 @@ async def open_services(settings: Settings) -> Services:
         limits=TokenLimits(),
     )
     services.rebuild_gates()
+    metrics.watch_usage(services.usage)
     return services
 
 
@@ -141,17 +141,7 @@ def create_app(settings: Settings) -> FastAPI:
     pages.install(app)
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
 
-    @app.middleware("http")
-    async def security_headers(request: Request, call_next: Any) -> Any:
-        response = await call_next(request)
-        if request.url.path.startswith((f"{settings.root_path}/ui", f"{settings.root_path}/static")):
-            # No inline scripts or styles anywhere in the dashboard: the CSP says so.
-            response.headers.setdefault("Content-Security-Policy", CSP)
-            response.headers.setdefault("X-Content-Type-Options", "nosniff")
-            response.headers.setdefault("X-Frame-Options", "DENY")
-            response.headers.setdefault("Referrer-Policy", "same-origin")
-        return response
-
+    app.add_middleware(FrontDoor, settings=settings, services=lambda: getattr(app.state, "services", None))
     return app
 
 

@@ -86,8 +86,9 @@ def serve(host: str | None, port: int | None, config_dir: str | None) -> None:
         port=settings.port,
         log_level=settings.log_level,
         access_log=False,  # the usage log records every inference request; this would double it
-        proxy_headers=True,
-        forwarded_allow_ips=",".join(settings.auth.trusted_proxies),
+        # X-Forwarded-* are believed only from configured proxies (default: none).
+        proxy_headers=bool(settings.auth.trusted_proxies),
+        forwarded_allow_ips=",".join(settings.auth.trusted_proxies) or None,
         timeout_graceful_shutdown=30,
         loop="uvloop",
         http=functools.partial(LaneProtocol, lane=lane),  # type: ignore[arg-type]

@@ -162,8 +162,23 @@ class AuthConfig(_Strict):
     lockout_seconds: float = Field(300, gt=0, description="How long a lockout lasts.")
     token_cache_ttl: float = Field(30, ge=0, description="Seconds a verified API token stays cached.")
     trusted_proxies: list[str] = Field(
-        default_factory=lambda: ["127.0.0.1", "::1"],
-        description="Peers whose X-Forwarded-For / X-Forwarded-Proto headers are believed.",
+        default_factory=list,
+        description="Peers (IPs or CIDRs) whose X-Forwarded-For / X-Forwarded-Proto headers are believed; "
+        "default none, so that no caller can forge its address.",
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Anonymous mode: Host names the controller answers to (default: loopback names and `host`).",
+    )
+    allowed_origins: list[str] = Field(
+        default_factory=list,
+        description="Anonymous mode: browser origins (scheme://host:port) besides its own allowed to POST.",
+    )
+    metrics_require_token: bool = Field(False, description="GET /metrics needs an API token.")
+    docs_require_token: bool = Field(False, description="The OpenAPI schema and docs page need an API token.")
+    allow_remote_media: bool = Field(
+        False,
+        description="Pass image/audio URLs other than data: URIs to engines (which would fetch them: SSRF).",
     )
 
 

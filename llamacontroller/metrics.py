@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 if TYPE_CHECKING:
     from llamacontroller.supervisor.manager import Supervisor
@@ -42,6 +42,22 @@ class _EngineCollector:
         yield from (state, in_flight, rss, estimate)
 
 
+class _UsageCollector:
+    """The usage writer's queue, read when scraped."""
+
+    def __init__(self, writer: Any) -> None:
+        self.writer = writer
+
+    def collect(self) -> Any:
+        depth = GaugeMetricFamily("llamacontroller_usage_queue_depth", "Usage rows waiting to be written")
+        depth.add_metric([], self.writer.depth)
+        failed = CounterMetricFamily(
+            "llamacontroller_usage_rows_failed", "Usage rows the database refused or that found the queue full"
+        )
+        failed.add_metric([], self.writer.failed + self.writer.overflowed)
+        yield from (depth, failed)
+
+
 class Metrics:
     def __init__(self, supervisor: Supervisor) -> None:
         self.registry = CollectorRegistry()
@@ -65,6 +81,9 @@ class Metrics:
         )
         self.registry.register(_EngineCollector(supervisor))
         self._children: dict[tuple[str, str, int], tuple[Any, ...]] = {}
+
+    def watch_usage(self, writer: Any) -> None:
+        self.registry.register(_UsageCollector(writer))
 
     def observe_request(self, row: dict[str, Any]) -> None:
         """Count one finished request (a usage row). Runs for every request: the labelled

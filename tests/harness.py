@@ -65,17 +65,23 @@ def default_models() -> list[dict[str, Any]]:
 
 def engine_pids(data_dir: Path | None = None) -> list[int]:
     """llama-servers on the machine; with data_dir, only those a controller using it started
-    (engines inherit the controller's environment)."""
+    (the controller marks its engines' environment with its data dir)."""
     found = []
     for proc in psutil.process_iter(["name"]):
         if proc.info["name"] != "llama-server":
             continue
         try:
-            if data_dir is None or proc.environ().get("LLAMACONTROLLER_DATA_DIR") == str(data_dir):
+            if data_dir is None or proc.environ().get("LLAMACONTROLLER_ENGINE_OF") == str(data_dir.resolve()):
                 found.append(proc.pid)
         except psutil.Error:
             continue
     return found
+
+
+def engine_key(pid: int) -> str:
+    """The per-launch API key of an engine, as a process of the same user can read it (the test
+    run is the controller's user; another local user could not)."""
+    return str(psutil.Process(pid).environ()["LLAMA_API_KEY"])
 
 
 @dataclass

@@ -11,14 +11,14 @@ from starlette.requests import ClientDisconnect
 from starlette.types import Receive
 
 from llamacontroller.auth.principal import Principal
-from llamacontroller.auth.sessions import COOKIE, CSRF_HEADER, check_csrf
 from llamacontroller.errors import BadRequest, PayloadTooLarge, Unauthenticated
 
 if TYPE_CHECKING:
     from llamacontroller.app import Services
 
 MAX_BODY = 32 * 1024 * 1024
-REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# Fits the usage log's request_id column (VARCHAR(64)); anything else gets an id of our own.
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 
 async def get_services(request: Request) -> Services:
@@ -30,35 +30,11 @@ async def get_services(request: Request) -> Services:
 ServicesDep = Annotated["Services", Depends(get_services)]
 
 
-def credential(authorization: str | None, api_key: str | None) -> str | None:
-    """The API token a request carries: `Authorization: Bearer` or (Anthropic/Ollama style) `X-API-Key`."""
-    if authorization is not None:
-        scheme, _, value = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not value.strip():
-            raise Unauthenticated("malformed Authorization header; use 'Bearer <token>'")
-        return value.strip()
-    return api_key.strip() if api_key else None
-
-
 async def get_principal(request: Request) -> Principal:
-    services: Services = request.app.state.services
-    token = credential(request.headers.get("authorization"), request.headers.get("x-api-key"))
-    if token is None:
-        cookie = request.cookies.get(COOKIE)
-        if cookie:
-            session = await services.sessions_store.lookup(cookie)
-            if session is None:
-                raise Unauthenticated("session expired; log in again")
-            check_csrf(request.method, session.csrf_token, request.headers.get(CSRF_HEADER))
-            request.state.principal = session.principal
-            return session.principal
-        if not services.settings.auth.require_api_token and not request.url.path.startswith(
-            f"{request.scope.get('root_path', '')}/api/v1/"
-        ):
-            return Principal.anonymous()
+    """The caller, as the front door (api/frontdoor.py) resolved it before the body was read."""
+    principal: Principal | None = getattr(request.state, "principal", None)
+    if principal is None:
         raise Unauthenticated("missing API token: send 'Authorization: Bearer <token>'")
-    principal = await services.auth.verify(token)
-    request.state.principal = principal
     return principal
 
 

@@ -76,7 +76,8 @@ def dispatch(
         row["token_id"] = principal.token_id
         row["username"] = principal.username
         row["client_ip"] = origin.client_ip
-        row["client_user"] = origin.client_user
+        # Only a front end an admin marked as trusted may say which of its users is asking.
+        row["client_user"] = origin.client_user if principal.trusted_frontend else None
         services.usage.add(row)
         services.metrics.observe_request(row)
 

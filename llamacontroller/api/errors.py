@@ -16,6 +16,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
@@ -39,6 +40,35 @@ OPENAI_TYPES = {
     409: "invalid_request_error",
     413: "invalid_request_error",
     429: "rate_limit_error",
+}
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ManagementError(BaseModel):
+    """What every management error looks like."""
+
+    error: ErrorDetail
+
+
+# Every status a management route answers besides its success, declared in the OpenAPI schema
+# (schemathesis checks each answer against it).
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ManagementError, "description": description}
+    for status, description in {
+        400: "The request is invalid",
+        401: "No valid credential",
+        403: "The credential lacks a scope or a model, or a CSRF token is wrong",
+        404: "No such model, user or token",
+        405: "Method not allowed",
+        409: "Conflict (exists already, or in use)",
+        413: "Request body too large",
+        429: "Over a limit; retry later",
+        503: "The model or the database cannot serve now",
+    }.items()
 }
 
 
@@ -112,7 +142,9 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
+            exc.status_code, "http_error"
+        )
         message = "not found" if exc.status_code == 404 else str(exc.detail)
         return error_response(
             dialect_for(_path(request)), exc.status_code, message, code, headers=dict(exc.headers or {})

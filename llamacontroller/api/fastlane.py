@@ -32,9 +32,10 @@ from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from llamacontroller.api import openai
-from llamacontroller.api.deps import MAX_BODY, credential
+from llamacontroller.api.deps import MAX_BODY
 from llamacontroller.api.dispatch import Origin
 from llamacontroller.api.errors import Dialect, error_response, render
+from llamacontroller.api.frontdoor import credential
 from llamacontroller.errors import LlamaControllerError
 from llamacontroller.proxy.call import UpstreamCall
 
@@ -81,8 +82,6 @@ class LaneProtocol(HttpToolsProtocol):
             return
         # Stand in uvicorn's cycle slot (see the module docstring).
         self.cycle = request  # type: ignore[assignment]
-        if self.expect_100_continue:
-            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def _lane_request(self) -> LaneRequest | None:
         if self.parser.get_method() != b"POST" or self.root_path or self.parser.should_upgrade():
@@ -91,6 +90,8 @@ class LaneProtocol(HttpToolsProtocol):
             return None  # pipelined behind a request still answering: uvicorn queues it
         if self.parser.get_http_version() != "1.1":
             return None  # no chunked answers to HTTP/1.0 clients: the ASGI path frames those
+        if self.expect_100_continue:
+            return None  # the front door answers 100 Continue only after the credential is checked
         path = PATHS.get(httptools.parse_url(self.url).path)
         services = self.lane.services
         if path is None or services is None:
@@ -98,16 +99,24 @@ class LaneProtocol(HttpToolsProtocol):
         authorization = api_key = None
         length = -1
         for name, value in self.headers:
-            if name == b"authorization":
+            # The first of repeated headers counts, as in Starlette (the front door).
+            if name == b"authorization" and authorization is None:
                 authorization = value.decode("latin-1")
-            elif name == b"x-api-key":
+            elif name == b"x-api-key" and api_key is None:
                 api_key = value.decode("latin-1")
             elif name == b"content-length" and value.isdigit():
                 length = int(value)
-        if authorization is None and not (api_key and api_key.strip()):
-            return None  # a dashboard session or an anonymous caller: the full check decides
         if not 0 <= length <= MAX_BODY:
             return None  # chunked or too large: the ASGI path streams and refuses those (413)
+        try:
+            token = credential(authorization, api_key)
+        except LlamaControllerError:
+            return None  # malformed: the front door answers it
+        # Only a token already verified (and cached) takes the lane: no body is buffered for a
+        # caller who has not shown a valid credential. The front door verifies the others before
+        # it reads a byte, and caches them for the next request.
+        if token is None or not services.auth.is_cached(token):
+            return None
         return LaneRequest(self, services, path, authorization, api_key)
 
 
@@ -254,8 +263,12 @@ class LaneRequest:
 
     def _head(self, status: int, headers: list[tuple[bytes, bytes]]) -> bytes:
         parts = [STATUS_LINE[status]]
+        if status < 200 or status in (204, 304):
+            self.chunked = False  # answers without a body have no framing at all (RFC 9112 6.3)
         for name, value in (*self.protocol.server_state.default_headers, *headers):  # date, server
             if name == b"content-length":
+                if status < 200 or status in (204, 304):
+                    continue
                 self.chunked = False
                 self.remaining = int(value)
             parts += (name, b": ", value, b"\r\n")

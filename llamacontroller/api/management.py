@@ -8,23 +8,30 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Date, String, cast, func, select, type_coerce
 from starlette.responses import StreamingResponse
 
 from llamacontroller.api.deps import AdminDep, ManagerDep, PrincipalDep, ServicesDep, client_ip
+from llamacontroller.api.errors import ERROR_RESPONSES
 from llamacontroller.auth.principal import Principal
 from llamacontroller.db.models import ApiToken, AuditEntry, UsageEntry, User
 from llamacontroller.errors import BadRequest, Forbidden, LlamaControllerError
+from llamacontroller.supervisor.engine import Engine
 from llamacontroller.supervisor.memory import available_bytes, gpu_inventory
 
-router = APIRouter(prefix="/api/v1", tags=["management"])
+router = APIRouter(prefix="/api/v1", tags=["management"], responses=ERROR_RESPONSES)
 
 SSE_KEEPALIVE = 15.0
+# Bounded so that no value overflows a database integer (SQLite and PostgreSQL alike: a huge
+# offset was a 500 that also reset the keep-alive connection).
+MAX_ID = 2**31 - 1
 # Plain defaults (not Query(...) objects) so the dashboard can call these handlers directly.
 Limit = Annotated[int, Query(ge=1, le=1000)]
-Offset = Annotated[int, Query(ge=0)]
+Offset = Annotated[int, Query(ge=0, le=10**9)]
+RowId = Annotated[int, Path(ge=1, le=MAX_ID)]
+ModelName = Annotated[str, Field(min_length=1, max_length=128)]
 
 
 class _In(BaseModel):
@@ -32,35 +39,40 @@ class _In(BaseModel):
 
 
 class ModelAction(_In):
-    model_id: str
+    model_id: ModelName
 
 
 class SwitchAction(_In):
-    from_id: str | None = None
-    to_id: str
+    from_id: ModelName | None = None
+    to_id: ModelName
 
 
 class TokenCreate(_In):
     name: str = Field(min_length=1, max_length=128)
-    user: str | None = Field(None, description="Owner (admins only); default: the caller")
-    scopes: list[str] | None = None
-    models: list[str] = Field(default_factory=list)
-    expires_in: str | None = None
-    rpm_limit: int | None = Field(None, gt=0)
-    tpm_limit: int | None = Field(None, gt=0)
-    parallel_limit: int | None = Field(None, gt=0)
+    user: str | None = Field(None, max_length=64, description="Owner (admins only); default: the caller")
+    scopes: list[Literal["inference", "models:manage", "admin"]] | None = Field(
+        None, max_length=3, description="Default: the owner's role's scopes that the caller has too"
+    )
+    models: list[ModelName] = Field(
+        default_factory=list, max_length=256, description="Default: the caller's own model restriction"
+    )
+    expires_in: str | None = Field(None, max_length=64, description="e.g. 30d; never later than the caller's")
+    rpm_limit: int | None = Field(None, gt=0, le=MAX_ID)
+    tpm_limit: int | None = Field(None, gt=0, le=MAX_ID)
+    parallel_limit: int | None = Field(None, gt=0, le=MAX_ID)
+    trusted_frontend: bool = Field(False, description="Believe X-OpenWebUI-User-* headers (admins only)")
 
 
 class UserCreate(_In):
-    username: str
-    password: str
+    username: str = Field(max_length=64)
+    password: str = Field(max_length=1024)
     role: Literal["admin", "operator", "user"] = "user"
 
 
 class UserUpdate(_In):
     role: Literal["admin", "operator", "user"] | None = None
     disabled: bool | None = None
-    password: str | None = None
+    password: str | None = Field(None, max_length=1024)
 
 
 async def audit(
@@ -101,22 +113,34 @@ async def audited(services: Any, request: Request, principal: Principal, action:
 # ------------------------------------------------------------------------------- models
 
 
+# What a caller without models:manage sees of a model: no paths, flags, URLs or environment.
+PUBLIC_FIELDS = {"id", "name", "backend", "aliases", "ctx_size", "embedding", "reranking"}
+
+
 @router.get("/models")
 async def models(services: ServicesDep, principal: PrincipalDep) -> dict[str, Any]:
+    fields = None if "models:manage" in principal.scopes else PUBLIC_FIELDS
     return {
         "models": [
-            {**e.entry.model_dump(exclude={"env"}), "state": e.state.value}
+            {**e.entry.model_dump(include=fields, exclude={"env"}), "state": e.state.value}
             for e in services.supervisor.engines.values()
             if principal.may_use(e.id)
         ]
     }
 
 
+def _engine_for(services: Any, principal: Principal, name: str) -> Engine:
+    """The engine a management call names; a token restricted to other models gets a 403."""
+    engine: Engine = services.supervisor.resolve(name)
+    principal.require_model(engine.id)
+    return engine
+
+
 @router.get("/models/status")
 async def models_status(services: ServicesDep, principal: ManagerDep) -> dict[str, Any]:
     budget = services.settings.models.memory_budget
     return {
-        "models": services.supervisor.status(),
+        "models": [s for s in services.supervisor.status() if principal.may_use(s["id"])],
         "max_loaded_models": services.settings.models.max_loaded_models,
         "memory": {"budget": budget, "available": available_bytes()},
         "gpus": gpu_inventory(),
@@ -125,20 +149,26 @@ async def models_status(services: ServicesDep, principal: ManagerDep) -> dict[st
 
 @router.post("/models/load")
 async def load(body: ModelAction, request: Request, services: ServicesDep, principal: ManagerDep) -> dict[str, Any]:
-    engine = services.supervisor.resolve(body.model_id)
+    engine = _engine_for(services, principal, body.model_id)
     await audited(services, request, principal, "model.load", engine.id, services.supervisor.load(engine.id))
     return engine.status()
 
 
 @router.post("/models/unload")
 async def unload(body: ModelAction, request: Request, services: ServicesDep, principal: ManagerDep) -> dict[str, Any]:
-    engine = services.supervisor.resolve(body.model_id)
+    engine = _engine_for(services, principal, body.model_id)
     await audited(services, request, principal, "model.unload", engine.id, services.supervisor.unload(engine.id))
     return engine.status()
 
 
 @router.post("/models/switch")
 async def switch(body: SwitchAction, request: Request, services: ServicesDep, principal: ManagerDep) -> dict[str, Any]:
+    _engine_for(services, principal, body.to_id)
+    if body.from_id is not None:
+        _engine_for(services, principal, body.from_id)
+    elif principal.models:
+        # "Switch from whatever is loaded" could stop a model this token may not touch.
+        raise Forbidden("a token restricted to some models must name from_id", param="from_id")
     target = f"{body.from_id or '*'} -> {body.to_id}"
     engine = await audited(
         services, request, principal, "model.switch", target, services.supervisor.switch(body.from_id, body.to_id)
@@ -155,7 +185,7 @@ async def model_logs(
     lines: int = Query(200, ge=0, le=5000),
     follow: bool = False,
 ) -> Any:
-    engine = services.supervisor.resolve(model_id)
+    engine = _engine_for(services, principal, model_id)
     if not follow and "text/event-stream" not in request.headers.get("accept", ""):
         return {
             "model": engine.id,
@@ -173,7 +203,12 @@ async def model_logs(
 
 @router.get("/events")
 async def events(services: ServicesDep, principal: ManagerDep) -> StreamingResponse:
-    return sse(services.supervisor.events())
+    async def allowed() -> AsyncIterator[dict[str, Any]]:
+        async for event in services.supervisor.events():
+            if principal.may_use(str(event.get("model"))):
+                yield event
+
+    return sse(allowed() if principal.models else services.supervisor.events())
 
 
 def sse(source: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
@@ -215,6 +250,7 @@ def token_public(row: ApiToken, username: str | None = None) -> dict[str, Any]:
         "rpm_limit": row.rpm_limit,
         "tpm_limit": row.tpm_limit,
         "parallel_limit": row.parallel_limit,
+        "trusted_frontend": row.trusted_frontend,
     }
 
 
@@ -236,15 +272,15 @@ async def create_token(
     if owner_name != principal.username and not principal.is_admin:
         raise Forbidden("only admins create tokens for other users")
     owner = await services.auth.get_user(owner_name)
-    for model in body.models:
-        services.supervisor.resolve(model)
     created = await services.auth.create_token(
         owner,
         body.name,
-        body.scopes,
+        list(body.scopes) if body.scopes else None,
         [services.supervisor.resolve(m).id for m in body.models],
         body.expires_in,
         {"rpm_limit": body.rpm_limit, "tpm_limit": body.tpm_limit, "parallel_limit": body.parallel_limit},
+        issuer=principal,
+        trusted_frontend=body.trusted_frontend,
     )
     public = token_public(created.row, owner.username)
     await audit(services, request, principal, "token.create", f"token:{created.row.id}", after=jsonable(public))
@@ -253,7 +289,7 @@ async def create_token(
 
 @router.delete("/tokens/{token_id}")
 async def revoke_token(
-    token_id: int, request: Request, services: ServicesDep, principal: PrincipalDep
+    token_id: RowId, request: Request, services: ServicesDep, principal: PrincipalDep
 ) -> dict[str, Any]:
     if principal.user_id is None:
         raise Forbidden("anonymous callers have no tokens")
@@ -291,7 +327,7 @@ async def create_user(body: UserCreate, request: Request, services: ServicesDep,
 
 @router.patch("/users/{user_id}")
 async def update_user(
-    user_id: int, body: UserUpdate, request: Request, services: ServicesDep, principal: AdminDep
+    user_id: RowId, body: UserUpdate, request: Request, services: ServicesDep, principal: AdminDep
 ) -> dict[str, Any]:
     if user_id == principal.user_id and (body.role not in (None, "admin") or body.disabled):
         raise BadRequest("admins cannot demote or disable themselves")
@@ -302,7 +338,7 @@ async def update_user(
 
 
 @router.delete("/users/{user_id}")
-async def delete_user(user_id: int, request: Request, services: ServicesDep, principal: AdminDep) -> dict[str, Any]:
+async def delete_user(user_id: RowId, request: Request, services: ServicesDep, principal: AdminDep) -> dict[str, Any]:
     if user_id == principal.user_id:
         raise BadRequest("admins cannot delete themselves")
     user = await services.auth.delete_user(user_id)
@@ -317,9 +353,9 @@ async def delete_user(user_id: int, request: Request, services: ServicesDep, pri
 async def list_audit(
     services: ServicesDep,
     principal: AdminDep,
-    actor: str | None = None,
-    action: str | None = None,
-    target: str | None = None,
+    actor: Annotated[str | None, Query(max_length=64)] = None,
+    action: Annotated[str | None, Query(max_length=64)] = None,
+    target: Annotated[str | None, Query(max_length=256)] = None,
     since: datetime | None = None,
     until: datetime | None = None,
     limit: Limit = 100,
@@ -338,9 +374,9 @@ async def list_audit(
 async def list_usage(
     services: ServicesDep,
     principal: AdminDep,
-    token_id: int | None = None,
-    model: str | None = None,
-    username: str | None = None,
+    token_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+    model: Annotated[str | None, Query(max_length=128)] = None,
+    username: Annotated[str | None, Query(max_length=64)] = None,
     since: datetime | None = None,
     until: datetime | None = None,
     group_by: Literal["token", "model", "day"] | None = None,

@@ -18,6 +18,8 @@ from llamacontroller.api import ollama_translate as tr
 from llamacontroller.api.deps import InferenceDep, ServicesDep, parse_json_object, read_body
 from llamacontroller.api.dispatch import Origin, dispatch
 from llamacontroller.api.errors import Dialect
+from llamacontroller.api.management import audit
+from llamacontroller.auth.principal import Principal
 from llamacontroller.errors import BadRequest, NotSupported
 from llamacontroller.supervisor.engine import Engine
 from llamacontroller.supervisor.memory import read_gguf
@@ -145,9 +147,11 @@ async def show(request: Request, services: ServicesDep, principal: InferenceDep)
     if any(k.startswith("tokenizer.ggml.fim_") for k in meta):
         capabilities.append("insert")
     stops = [f'stop "{s}"' for s in _stop_tokens(meta)]
+    # Paths and upstream URLs are for those who manage models, not for every inference token.
+    source = engine.entry.path or engine.entry.url if "models:manage" in principal.scopes else engine.id
     return {
         "license": meta.get("general.license", ""),
-        "modelfile": f"FROM {engine.entry.path or engine.entry.url}\n",
+        "modelfile": f"FROM {source}\n",
         "parameters": "\n".join([f"num_ctx {engine.entry.ctx_size}", *stops]),
         "template": template if isinstance(template, str) else "",
         "details": _details(engine, meta),
@@ -179,7 +183,7 @@ async def _generate_or_chat(request: Request, services: Any, principal: Any, kin
     began = time.perf_counter()
     body = parse_json_object(await read_body(request))
     engine = _engine(services, principal, body.get("model"))
-    keep_alive = tr.parse_keep_alive(body.get("keep_alive"))
+    keep_alive = await _lifetime(request, services, principal, engine, body)
     stream = body.get("stream", True) is not False
     empty = (kind == "chat" and not body.get("messages")) or (kind == "generate" and not body.get("prompt"))
     if empty and not body.get("suffix"):
@@ -192,16 +196,40 @@ async def _generate_or_chat(request: Request, services: Any, principal: Any, kin
     return _call(request, services, principal, engine, path, upstream, translator, stream=stream, keep_alive=keep_alive)
 
 
-def _apply_keep_alive(engine: Engine, keep_alive: float | None) -> None:
-    """Each Ollama request sets the idle TTL; one without keep_alive gets the configured ttl back."""
-    if keep_alive is None:
-        engine.ttl_override = None
-        return
+class _Unchanged:
+    """keep_alive of a caller who may not change a shared model's lifetime: leave it alone."""
+
+
+UNCHANGED = _Unchanged()
+KeepAlive = float | None | _Unchanged
+
+
+async def _lifetime(request: Request, services: Any, principal: Principal, engine: Engine, body: Any) -> KeepAlive:
+    """The keep_alive this request may apply. Unloading, pinning or re-timing a model every
+    caller shares needs `models:manage`; an inference-only caller is still served (Open WebUI
+    sends keep_alive: 0 with every chat) and its keep_alive is ignored. Honoured changes are
+    audited."""
+    keep_alive = tr.parse_keep_alive(body.get("keep_alive"))  # malformed is a 400 for everyone
+    if "models:manage" not in principal.scopes:
+        return UNCHANGED
+    if keep_alive is not None and _ttl_for(keep_alive) != engine.ttl_override:
+        await audit(services, request, principal, "model.keep_alive", engine.id, after={"keep_alive": keep_alive})
+    return keep_alive
+
+
+def _ttl_for(keep_alive: float) -> float:
     # ttl 0 means "never unload" in our config; Ollama's 0 means "unload now", so use a tick.
-    engine.ttl_override = 0.0 if keep_alive < 0 else max(keep_alive, 0.001)
+    return 0.0 if keep_alive < 0 else max(keep_alive, 0.001)
 
 
-async def _load_or_unload(services: Any, engine: Engine, keep_alive: float | None, kind: str, began: float) -> Response:
+def _apply_keep_alive(engine: Engine, keep_alive: KeepAlive) -> None:
+    """Each Ollama request sets the idle TTL; one without keep_alive gets the configured ttl back."""
+    if isinstance(keep_alive, _Unchanged):
+        return
+    engine.ttl_override = None if keep_alive is None else _ttl_for(keep_alive)
+
+
+async def _load_or_unload(services: Any, engine: Engine, keep_alive: KeepAlive, kind: str, began: float) -> Response:
     piece: dict[str, Any] = {"model": _tag(engine.id), "created_at": tr.now_iso(), "done": True}
     piece["message" if kind == "chat" else "response"] = {"role": "assistant", "content": ""} if kind == "chat" else ""
     if keep_alive == 0:
@@ -235,7 +263,7 @@ def _call(
     translator: tr.NDJSONTranslator | tr.JSONTranslator,
     *,
     stream: bool = False,
-    keep_alive: float | None = None,
+    keep_alive: KeepAlive = UNCHANGED,
 ) -> Response:
     """Every Ollama inference call: an OpenAI-dialect request to the engine through `dispatch`."""
     upstream["model"] = engine.id
@@ -267,7 +295,7 @@ async def embed(request: Request, services: ServicesDep, principal: InferenceDep
     body = parse_json_object(await read_body(request))
     engine = _engine(services, principal, body.get("model"))
     translator = tr.JSONTranslator(tr.embed_response(_tag(engine.id), began))
-    keep_alive = tr.parse_keep_alive(body.get("keep_alive"))
+    keep_alive = await _lifetime(request, services, principal, engine, body)
     upstream = tr.embed_request(body)
     return _call(request, services, principal, engine, "/v1/embeddings", upstream, translator, keep_alive=keep_alive)
 

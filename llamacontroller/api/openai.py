@@ -37,6 +37,8 @@ PASSTHROUGH = {
 def proxy(origin: Origin, body: bytes, services: Services, principal: Principal, path: str) -> UpstreamCall:
     """One OpenAI passthrough request; called by the routes below and by the fast lane."""
     payload = parse_json_object(body)
+    if b"_url" in body and not services.settings.auth.allow_remote_media:
+        refuse_remote_media(payload)
     model = payload.get("model")
     if model is not None and not isinstance(model, str):
         raise BadRequest("'model' must be a string", param="model")
@@ -52,6 +54,30 @@ def proxy(origin: Origin, body: bytes, services: Services, principal: Principal,
         body=body,
         stream=payload.get("stream") is True,
     )
+
+
+def refuse_remote_media(payload: dict[str, Any]) -> None:
+    """llama-server fetches an `image_url` (or audio) URL itself: a caller could make the engine
+    host request any address it can reach (SSRF). Only inline data: URIs pass, unless
+    `auth.allow_remote_media` says otherwise."""
+    messages = payload.get("messages")
+    if not isinstance(messages, list):
+        return
+    for message in messages:
+        content = message.get("content") if isinstance(message, dict) else None
+        if not isinstance(content, list):
+            continue
+        for part in content:
+            if not isinstance(part, dict):
+                continue
+            for kind in ("image_url", "input_audio", "audio_url", "video_url"):
+                media = part.get(kind)
+                url = media.get("url") if isinstance(media, dict) else media
+                if isinstance(url, str) and not url.startswith("data:"):
+                    raise BadRequest(
+                        f"{kind}: only data: URIs are accepted (the engine would fetch a URL itself)",
+                        param="messages",
+                    )
 
 
 def _make_route(path: str) -> None:

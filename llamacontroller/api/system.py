@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import APIRouter
@@ -10,6 +11,7 @@ from starlette.responses import JSONResponse, Response
 from llamacontroller.api.deps import ServicesDep
 
 router = APIRouter(tags=["system"])
+log = logging.getLogger(__name__)
 
 
 @router.get("/health")
@@ -24,8 +26,10 @@ async def ready(services: ServicesDep) -> Response:
     body: dict[str, Any] = {"status": "ready", "models": len(services.supervisor.engines)}
     try:
         await check_database(services)
-    except Exception as exc:
-        return JSONResponse({"status": "not ready", "reason": f"database: {exc}"}, status_code=503)
+    except Exception:
+        # The cause goes to the log, not to anonymous callers (it named hosts and users).
+        log.exception("readiness: the database does not answer")
+        return JSONResponse({"status": "not ready", "reason": "database unavailable"}, status_code=503)
     return JSONResponse(body)
 
 

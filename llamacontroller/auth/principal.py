@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from llamacontroller.errors import Forbidden
 
@@ -45,6 +46,10 @@ class Principal:
     rpm_limit: int | None = None
     tpm_limit: int | None = None
     parallel_limit: int | None = None
+    expires_at: datetime | None = None
+    # Set by an admin on a token that a front end (Open WebUI) uses on behalf of its own users:
+    # only then are its X-OpenWebUI-User-* headers believed and recorded.
+    trusted_frontend: bool = False
 
     @classmethod
     def anonymous(cls) -> Principal:
@@ -68,3 +73,56 @@ class Principal:
 
 def effective_scopes(role: str, scopes: list[str] | tuple[str, ...]) -> frozenset[str]:
     return frozenset(scopes) & ROLE_SCOPES.get(role, frozenset())
+
+
+LIMITS = ("rpm_limit", "tpm_limit", "parallel_limit")
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """What a new token may do: never more than the credential that creates it."""
+
+    scopes: tuple[str, ...]
+    models: tuple[str, ...]
+    expires_at: datetime | None
+    limits: dict[str, int | None]
+    trusted_frontend: bool = False
+
+
+def narrow(
+    issuer: Principal,
+    *,
+    owner_role: str,
+    scopes: list[str] | None,
+    models: list[str],
+    expires_at: datetime | None,
+    limits: dict[str, int | None],
+    trusted_frontend: bool = False,
+) -> Grant:
+    """The grant a token `issuer` may hand out: a subset of itself in scopes, models, expiry and
+    limits. Whatever is left out is inherited from the issuer, so a narrow token can only ever
+    mint narrower ones (the bug: an inference-only token minted admin tokens)."""
+    wanted = list(scopes) if scopes else [s for s in DEFAULT_SCOPES.get(owner_role, ()) if s in issuer.scopes]
+    beyond = sorted(set(wanted) - issuer.scopes)
+    if beyond:
+        raise Forbidden(f"this credential cannot grant scope(s) it lacks: {', '.join(beyond)}", param="scopes")
+    if issuer.models:
+        if not models:
+            models = sorted(issuer.models)
+        elif outside := sorted(set(models) - issuer.models):
+            shown = ", ".join(outside)[:200]
+            raise Forbidden(f"this credential cannot grant model(s) it may not use: {shown}", param="models")
+    if issuer.expires_at is not None:
+        if expires_at is None:
+            expires_at = issuer.expires_at
+        elif expires_at > issuer.expires_at:
+            raise Forbidden("a new token cannot outlive the credential that creates it", param="expires_in")
+    narrowed: dict[str, int | None] = {}
+    for name in LIMITS:
+        own, asked = getattr(issuer, name), limits.get(name)
+        if own is not None and asked is not None and asked > own:
+            raise Forbidden(f"{name} cannot be looser than this credential's ({own})", param=name)
+        narrowed[name] = asked if asked is not None else own
+    if trusted_frontend and not issuer.is_admin:
+        raise Forbidden("only admins mark a token as a trusted front end", param="trusted_frontend")
+    return Grant(tuple(wanted), tuple(models), expires_at, narrowed, trusted_frontend)

@@ -12,7 +12,7 @@ import hmac
 import os
 import secrets
 import time
-from collections import defaultdict, deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -138,36 +138,59 @@ def check_csrf(method: str, expected: str, given: str | None) -> None:
 
 
 class LoginGuard:
-    """Counts failed logins per user and per client IP; too many within the lockout period lock
-    that user (or IP) out until the period has passed since the last failure. In memory: a
-    restart forgets the counts (several controllers each count their own)."""
+    """Counts login attempts per client IP and per (username, IP); too many failures within
+    `seconds` lock that IP (or that username from that IP) out until the period has passed since
+    the last one. Not per username alone: then anyone could lock `admin` out from everywhere.
 
-    def __init__(self, threshold: int, seconds: float) -> None:
+    An attempt counts as a failure from the moment it starts (`begin`) until it succeeds, so
+    concurrent attempts cannot slip past the count while bcrypt runs. The table is bounded: at
+    most `max_keys` entries, the least recently used dropped first, usernames cut to 64
+    characters (no valid username is longer). In memory: a restart forgets the counts, and
+    several controllers each count their own."""
+
+    def __init__(self, threshold: int, seconds: float, max_keys: int = 10_000) -> None:
         self.threshold = threshold
         self.seconds = seconds
-        self._failures: dict[str, deque[float]] = defaultdict(deque)
+        self.max_keys = max_keys
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._failures)
+
+    @staticmethod
+    def _keys(username: str, ip: str | None) -> tuple[str, str]:
+        return f"ip:{ip}", f"user:{username[:64].lower()}@{ip}"
 
     def _recent(self, key: str, now: float) -> deque[float]:
-        failures = self._failures[key]
+        failures = self._failures.get(key)
+        if failures is None:
+            failures = self._failures[key] = deque(maxlen=self.threshold)
+            while len(self._failures) > self.max_keys:
+                self._failures.popitem(last=False)
+        else:
+            self._failures.move_to_end(key)
         while failures and now - failures[0] > self.seconds:
             failures.popleft()
         return failures
 
-    def check(self, username: str, ip: str | None) -> None:
+    def begin(self, username: str, ip: str | None) -> None:
+        """Before checking a password: refuse (429) when locked out, else count the attempt."""
         now = time.monotonic()
-        for key in (f"user:{username.lower()}", f"ip:{ip}"):
+        keys = self._keys(username, ip)
+        for key in keys:
             failures = self._recent(key, now)
             if len(failures) >= self.threshold:
                 wait = self.seconds - (now - failures[-1])
                 raise Overloaded(f"too many failed logins; try again in {wait:.0f}s", retry_after=wait)
-
-    def failed(self, username: str, ip: str | None) -> None:
-        now = time.monotonic()
-        for key in (f"user:{username.lower()}", f"ip:{ip}"):
+        for key in keys:
             self._recent(key, now).append(now)
 
-    def succeeded(self, username: str) -> None:
-        self._failures.pop(f"user:{username.lower()}", None)
+    def succeeded(self, username: str, ip: str | None) -> None:
+        ip_key, user_key = self._keys(username, ip)
+        self._failures.pop(user_key, None)
+        failures = self._failures.get(ip_key)
+        if failures:
+            failures.pop()  # this attempt was no failure after all
 
 
 def _aware(value: datetime) -> datetime:

@@ -12,23 +12,29 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import bcrypt
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from llamacontroller.auth.principal import (
-    DEFAULT_SCOPES,
     ROLES,
     SCOPES,
     Principal,
     effective_scopes,
     hash_token,
+    narrow,
     new_token,
 )
-from llamacontroller.db.models import ApiToken, User
+from llamacontroller.db.models import ApiToken, User, WebSession
 from llamacontroller.errors import BadRequest, Conflict, NotFound, Unauthenticated
 
 BCRYPT_COST = 12
 _USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+# bcrypt reads at most 72 bytes, and bcrypt >= 5 raises on more (a 500, before this check).
+MAX_PASSWORD_BYTES = 72
+# The console (CLI) acts with the database's full power; the role cap still applies.
+CONSOLE = Principal(None, "cli", "admin", scopes=frozenset(SCOPES))
+# A bcrypt digest to check too-long passwords against, so they cost the same time as any other.
+_DUMMY_DIGEST = bcrypt.hashpw(b"dummy", bcrypt.gensalt(4)).decode()
 
 
 async def hash_password(password: str) -> str:
@@ -39,21 +45,34 @@ async def hash_password(password: str) -> str:
 
 
 async def check_password(password: str, digest: str) -> bool:
-    return await asyncio.to_thread(bcrypt.checkpw, password.encode(), digest.encode())
+    secret = password.encode()
+    if len(secret) > MAX_PASSWORD_BYTES:
+        await asyncio.to_thread(bcrypt.checkpw, b"x", _DUMMY_DIGEST.encode())
+        return False
+    return await asyncio.to_thread(bcrypt.checkpw, secret, digest.encode())
+
+
+_DURATION = re.compile(r"\s*(\d{1,9})\s*([smhdw])\s*")
+MAX_DURATION = timedelta(days=3650)
 
 
 def parse_duration(text: str) -> timedelta:
-    """'30d', '12h', '15m', '45s', '2w' -> timedelta."""
-    match = re.fullmatch(r"\s*(\d+)\s*([smhdw])\s*", text)
-    if not match:
-        raise BadRequest(f"not a duration: {text!r} (use e.g. 30d, 12h, 15m)", param="expires_in")
+    """'30d', '12h', '15m', '45s', '2w' -> timedelta (at most ten years)."""
+    match = _DURATION.fullmatch(text[:64])
+    if not match or len(text) > 64:
+        raise BadRequest(f"not a duration: {text[:64]!r} (use e.g. 30d, 12h, 15m)", param="expires_in")
     unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}[match.group(2)]
-    return timedelta(**{unit: int(match.group(1))})
+    duration = timedelta(**{unit: int(match.group(1))})
+    if duration > MAX_DURATION:
+        raise BadRequest("a duration may be at most ten years", param="expires_in")
+    return duration
 
 
 def validate_password(password: str) -> None:
     if len(password) < 8:
         raise BadRequest("password must be at least 8 characters", param="password")
+    if len(password.encode()) > MAX_PASSWORD_BYTES:
+        raise BadRequest(f"password must be at most {MAX_PASSWORD_BYTES} bytes", param="password")
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,8 +121,12 @@ class AuthStore:
         async with self.sessions() as db:
             return list(await db.scalars(select(User).order_by(User.id)))
 
-    async def update_user(self, user_id: int, **changes: Any) -> tuple[User, dict[str, Any]]:
-        """Apply role / disabled / password changes; returns the user and what it was before."""
+    async def update_user(
+        self, user_id: int, *, keep_session: str | None = None, **changes: Any
+    ) -> tuple[User, dict[str, Any]]:
+        """Apply role / disabled / password changes; returns the user and what it was before.
+        Every dashboard session of the user ends, except `keep_session` (the one changing its
+        own password)."""
         async with self.sessions() as db:
             user = await db.get(User, user_id)
             if user is None:
@@ -118,6 +141,17 @@ class AuthStore:
             if changes.get("password") is not None:
                 validate_password(changes["password"])
                 user.password_hash = await hash_password(changes["password"])
+            if any(changes.get(k) is not None for k in ("role", "disabled", "password")):
+                # A changed password, role or a disabled account ends every dashboard session.
+                await db.execute(
+                    update(WebSession)
+                    .where(
+                        WebSession.user_id == user_id,
+                        WebSession.revoked_at.is_(None),
+                        WebSession.id_hash != (keep_session or ""),
+                    )
+                    .values(revoked_at=datetime.now(UTC))
+                )
             await db.commit()
         self._cache.clear()  # role or disabled changed what every token of theirs may do
         return user, before
@@ -133,6 +167,9 @@ class AuthStore:
         return user
 
     async def authenticate_password(self, username: str, password: str) -> User | None:
+        if not _USERNAME.match(username):
+            await check_password(password, _DUMMY_DIGEST)  # no such user can exist: same cost anyway
+            return None
         async with self.sessions() as db:
             user = await db.scalar(select(User).where(User.username == username))
         if user is None or user.disabled:
@@ -157,27 +194,39 @@ class AuthStore:
         models: list[str] | None = None,
         expires_in: str | None = None,
         limits: dict[str, int | None] | None = None,
+        *,
+        issuer: Principal = CONSOLE,
+        trusted_frontend: bool = False,
     ) -> NewToken:
+        """A new token for `user`, never broader than `issuer` (the credential asking for it)."""
         if not name or len(name) > 128:
             raise BadRequest("token name must be 1-128 characters", param="name")
-        wanted = list(scopes) if scopes else list(DEFAULT_SCOPES[user.role])
-        unknown = [s for s in wanted if s not in SCOPES]
+        unknown = [s for s in scopes or [] if s not in SCOPES]
         if unknown:
-            raise BadRequest(f"unknown scope(s): {', '.join(unknown)}", param="scope")
-        excess = set(wanted) - effective_scopes(user.role, wanted)
+            raise BadRequest(f"unknown scope(s): {', '.join(unknown)[:200]}", param="scopes")
+        grant = narrow(
+            issuer,
+            owner_role=user.role,
+            scopes=scopes,
+            models=list(models or []),
+            expires_at=datetime.now(UTC) + parse_duration(expires_in) if expires_in else None,
+            limits=limits or {},
+            trusted_frontend=trusted_frontend,
+        )
+        excess = set(grant.scopes) - effective_scopes(user.role, grant.scopes)
         if excess:
-            raise BadRequest(f"role {user.role!r} cannot grant: {', '.join(sorted(excess))}", param="scope")
-        expires_at = datetime.now(UTC) + parse_duration(expires_in) if expires_in else None
+            raise BadRequest(f"role {user.role!r} cannot grant: {', '.join(sorted(excess))}", param="scopes")
         token = new_token()
         row = ApiToken(
             token_hash=hash_token(token),
             prefix=token[:10],
             name=name,
             user_id=user.id,
-            scopes=" ".join(wanted),
-            models=" ".join(models or []),
-            expires_at=expires_at,
-            **{k: v for k, v in (limits or {}).items() if k in ("rpm_limit", "tpm_limit", "parallel_limit")},
+            scopes=" ".join(grant.scopes),
+            models=" ".join(grant.models),
+            expires_at=grant.expires_at,
+            trusted_frontend=grant.trusted_frontend,
+            **grant.limits,
         )
         async with self.sessions() as db:
             db.add(row)
@@ -201,6 +250,14 @@ class AuthStore:
                 await db.commit()
         self._cache.pop(row.token_hash, None)
         return row
+
+    def is_cached(self, token: str) -> bool:
+        """Whether the token was verified recently and is still valid (no database call)."""
+        cached = self._cache.get(hash_token(token))
+        if cached is None or cached[1] <= time.monotonic():
+            return False
+        expires_at = cached[2]
+        return expires_at is None or expires_at > datetime.now(UTC)
 
     async def verify(self, token: str) -> Principal:
         """The principal behind a bearer token. Cached: a hit costs one dict lookup."""
@@ -242,6 +299,8 @@ class AuthStore:
             rpm_limit=row.rpm_limit,
             tpm_limit=row.tpm_limit,
             parallel_limit=row.parallel_limit,
+            expires_at=expires_at,
+            trusted_frontend=row.trusted_frontend,
         )
         self._cache[digest] = (principal, now + self.cache_ttl, expires_at)
         self._touch(principal)

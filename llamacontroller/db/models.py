@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -47,6 +47,7 @@ class ApiToken(Base):
     rpm_limit: Mapped[int | None] = mapped_column(Integer, default=None)  # requests per minute
     tpm_limit: Mapped[int | None] = mapped_column(Integer, default=None)  # tokens per minute
     parallel_limit: Mapped[int | None] = mapped_column(Integer, default=None)
+    trusted_frontend: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class AuditEntry(Base):

@@ -35,22 +35,26 @@ from llamacontroller.supervisor.engine import Engine
 
 log = logging.getLogger(__name__)
 
-# Not forwarded: per-connection headers; uvicorn frames the body itself (chunked unless the
-# response carries the engine's Content-Length, kept for passthrough).
-HOP_BY_HOP = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"server",
-        b"date",
-    }
-)
+# What passes from an engine's answer to the client: an allow-list, since an engine (or a remote
+# upstream) must not set cookies, CORS or caching rules on the controller's origin. uvicorn (or the
+# fast lane) frames the body itself; passthrough keeps the engine's Content-Length.
+PASSED_HEADERS = frozenset({b"content-type", b"content-length", b"cache-control", b"retry-after"})
+MAX_HEADER_VALUE = 1024
+
+
+def passed_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    return [
+        (name, value)
+        for name, value in headers
+        if name in PASSED_HEADERS
+        and len(value) <= MAX_HEADER_VALUE
+        and value.isascii()
+        and b"\r" not in value
+        and b"\n" not in value
+        and b"\0" not in value
+    ]
+
+
 STREAM_HEADERS = [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 
 
@@ -210,11 +214,8 @@ class UpstreamCall(Response):
             await send({"type": "http.response.body", "body": body})
             return
         if translator is None:
-            # Passthrough keeps the engine's Content-Length (the bytes are the same). Its CORS
-            # headers are dropped: the controller, not the engine, faces browsers.
-            headers = [
-                (k, v) for k, v in upstream.headers if k not in HOP_BY_HOP and not k.startswith(b"access-control-")
-            ]
+            # Passthrough keeps the engine's Content-Length (the bytes are the same).
+            headers = passed_headers(upstream.headers)
         else:
             headers = [(b"content-type", translator.media_type.encode())]
         if ctx.stream:

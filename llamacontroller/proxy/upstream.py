@@ -8,9 +8,11 @@ docs/benchmarks.md has the numbers. What this client does, and nothing more:
 - responses framed by `Content-Length`, chunked encoding (httptools removes the framing) or the
   end of the connection;
 - a read timeout between body chunks, back-pressure (reading pauses while the caller lags);
-- a pooled connection the engine closed is dropped as soon as the close arrives; one that fails
-  before any byte of the answer is retried once on a new connection (the request never reached
-  the engine).
+- a pooled connection the engine closed is dropped as soon as the close arrives, and idle ones
+  expire before llama-server's own keep-alive does; a request is never sent twice (one that
+  failed before the answer's head may still have reached the engine and generated);
+- interim 1xx answers are skipped, not taken for the answer;
+- a connect timeout; headers of the pool's own (the engine's per-launch API key) on every request.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ HIGH_WATER = 1 << 20
 # llama-server keeps an idle connection 5 s; one reused at that very moment breaks. Stay below it.
 IDLE_SECONDS = 4.0
 MAX_IDLE = 256
+CONNECT_TIMEOUT = 10.0
 
 
 class UpstreamClosed(ConnectionError):
@@ -108,6 +111,9 @@ class _Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         assert self.parser is not None
         self.status = self.parser.get_status_code()
+        if self.status < 200:
+            self.headers = []  # an interim answer (100 Continue, 103 Early Hints): the real one follows
+            return
         names = {name for name, _ in self.headers}
         self.until_eof = b"content-length" not in names and b"transfer-encoding" not in names
         # Asked here: after the message is complete, llhttp no longer says.
@@ -127,6 +133,9 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     def on_message_complete(self) -> None:
+        if self.status < 200:
+            self.status = 0
+            return
         self.complete = True
         self._wake()
 
@@ -270,7 +279,9 @@ class Response:
 class UpstreamPool:
     """Keep-alive connections to one engine's base URL (http or https, with an optional path prefix)."""
 
-    def __init__(self, base_url: str) -> None:
+    def __init__(
+        self, base_url: str, headers: list[tuple[bytes, bytes]] | None = None, connect_timeout: float = CONNECT_TIMEOUT
+    ) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {base_url!r}")
@@ -281,6 +292,8 @@ class UpstreamPool:
         default_port = self.port == (443 if self.ssl else 80)
         self.host_header = (parts.hostname if default_port else f"{parts.hostname}:{self.port}").encode("idna")
         self._idle: list[_Connection] = []
+        self.headers = headers or []
+        self.connect_timeout = connect_timeout
 
     async def request(
         self, method: bytes, path: str, headers: list[tuple[bytes, bytes]], body: bytes, *, timeout: float
@@ -288,20 +301,13 @@ class UpstreamPool:
         """Send one request and wait for the head of its answer (status and headers)."""
         lines = [method, b" ", self.prefix, path.encode(), b" HTTP/1.1\r\nhost: ", self.host_header]
         lines.append(b"\r\ncontent-length: %d\r\n" % len(body))
-        for name, value in headers:
+        for name, value in (*self.headers, *headers):
             lines += (name, b": ", value, b"\r\n")
         lines += (b"\r\n", body)
         data = b"".join(lines)
-        conn = self._take()
-        if conn is not None:
-            try:
-                return await self._exchange(conn, data, timeout)
-            except UpstreamClosed:
-                if conn.head_done:
-                    raise
-                # A pooled connection the engine closed as we reused it: the request never
-                # reached it, so it is safe to send once more, on a new connection.
-        return await self._exchange(await self._connect(), data, timeout)
+        # Never sent twice: a POST the engine closed on before its head may have been generated.
+        conn = self._take() or await self._connect()
+        return await self._exchange(conn, data, timeout)
 
     async def _exchange(self, conn: _Connection, data: bytes, timeout: float) -> Response:
         try:
@@ -317,13 +323,18 @@ class UpstreamPool:
 
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
-        _, conn = await loop.create_connection(
-            lambda: _Connection(loop),
-            self.host,
-            self.port,
-            ssl=self.ssl,
-            server_hostname=self.host if self.ssl else None,
-        )
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                _, conn = await loop.create_connection(
+                    lambda: _Connection(loop),
+                    self.host,
+                    self.port,
+                    ssl=self.ssl,
+                    server_hostname=self.host if self.ssl else None,
+                )
+        except TimeoutError:
+            where = f"{self.host}:{self.port}"
+            raise ConnectionError(f"no connection to {where} within {self.connect_timeout:.0f}s") from None
         return conn
 
     def _take(self) -> _Connection | None:

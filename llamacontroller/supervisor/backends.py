@@ -7,6 +7,7 @@ cannot provide, so their command lines are unit-tested, not run.
 
 from __future__ import annotations
 
+import secrets
 import shutil
 from dataclasses import dataclass, field
 
@@ -19,6 +20,10 @@ class Launch:
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
     health_path: str = "/health"
+    # A random key per launch, which the engine demands of every caller but the controller: a
+    # local process that finds the engine's port gets 401, not a way around tokens, limits and
+    # usage. Passed in the environment (readable only by the same user), never on the command line.
+    api_key: str | None = None
 
 
 def llama_server_binary(settings: Settings) -> str:
@@ -30,7 +35,8 @@ def llama_server_binary(settings: Settings) -> str:
 
 
 def build_launch(entry: ModelEntry, settings: Settings, port: int) -> Launch:
-    env = dict(entry.env)
+    env = {"LLAMACONTROLLER_ENGINE_OF": str(settings.data_dir.resolve()), **entry.env}
+    key = secrets.token_urlsafe(32)
     if entry.gpus:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in entry.gpus)
     host_port = ["--host", "127.0.0.1", "--port", str(port)]
@@ -54,7 +60,7 @@ def build_launch(entry: ModelEntry, settings: Settings, port: int) -> Launch:
                 argv += ["--pooling", "mean"]  # causal LMs default to none, which /v1 refuses
         if entry.reranking:
             argv.append("--reranking")
-        return Launch([*argv, *entry.args], env)
+        return Launch([*argv, *entry.args], {**env, "LLAMA_API_KEY": key}, api_key=key)
     if entry.backend == "vllm":
         argv = [
             "vllm",
@@ -66,7 +72,7 @@ def build_launch(entry: ModelEntry, settings: Settings, port: int) -> Launch:
             "--max-model-len",
             str(entry.ctx_size),
         ]
-        return Launch([*argv, *entry.args], env)
+        return Launch([*argv, *entry.args], {**env, "VLLM_API_KEY": key}, api_key=key)
     if entry.backend == "tgi":
         argv = [
             "text-generation-launcher",

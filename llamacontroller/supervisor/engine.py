@@ -269,15 +269,17 @@ class Engine:
         except OSError as exc:
             raise StartFailed(f"cannot run {launch.argv[0]}: {exc.strerror or exc}") from None
         self._proc, self.pid, self.port = proc, proc.pid, port
-        self._point_at(f"http://127.0.0.1:{port}")
+        self._point_at(f"http://127.0.0.1:{port}", launch.api_key)
         self.started_at = time.time()
         self._pidfiles.record(self.id, proc.pid, launch.argv)
         self._spawn_helper(self._pump_output(proc), "output")
         self._spawn_helper(self._watch(proc), "watch")
         timeout = self.entry.start_timeout or self.settings.llamacpp.start_timeout
-        await self._wait_healthy(proc, launch.health_path, timeout)
+        await self._wait_healthy(proc, launch.health_path, timeout, launch.api_key)
 
-    async def _wait_healthy(self, proc: asyncio.subprocess.Process, path: str, timeout: float) -> None:
+    async def _wait_healthy(
+        self, proc: asyncio.subprocess.Process, path: str, timeout: float, launch_key: str | None = None
+    ) -> None:
         """Poll health every 10 ms, backing off to 50 ms; fail at once if the process exits.
 
         The cap is low on purpose: a local GET costs nothing, and every ms between the engine
@@ -291,7 +293,8 @@ class Engine:
                 tail = " | ".join(line.text for line in self.log.tail(5))
                 raise StartFailed(f"engine exited with code {proc.returncode} while starting: {tail}")
             with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                async with self._http().get(url, timeout=aiohttp.ClientTimeout(total=2)) as response:
+                headers = {"Authorization": f"Bearer {launch_key}"} if launch_key else None
+                async with self._http().get(url, timeout=aiohttp.ClientTimeout(total=2), headers=headers) as response:
                     if response.status == 200:
                         return
             if time.monotonic() > deadline:
@@ -379,12 +382,13 @@ class Engine:
         if self.has_process:
             self._point_at("")
 
-    def _point_at(self, base_url: str) -> None:
+    def _point_at(self, base_url: str, api_key: str | None = None) -> None:
         """Where requests go. Pooled connections belong to one address: a new one gets a new pool."""
         if self.upstream is not None:
             self.upstream.close()
         self.base_url = base_url
-        self.upstream = UpstreamPool(base_url) if base_url else None
+        headers = [(b"authorization", b"Bearer " + api_key.encode())] if api_key else None
+        self.upstream = UpstreamPool(base_url, headers) if base_url else None
 
 
 def _file_safe(model_id: str) -> str:

@@ -101,7 +101,8 @@ class Supervisor:
             raise ModelNotFound("no model given", param="model")
         engine = self._names.get(model_key(name))
         if engine is None:
-            raise ModelNotFound(f"model {name!r} not found", param="model")
+            shown = name if len(name) <= 64 else name[:64] + "…"  # a 10 MB name is not echoed whole
+            raise ModelNotFound(f"model {shown!r} not found", param="model")
         return engine
 
     def status(self) -> list[dict[str, Any]]:

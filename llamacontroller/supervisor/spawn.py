@@ -41,9 +41,31 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+# What engines inherit of the controller's environment: what a process needs to run, find its
+# libraries and GPUs, and engine tuning. Not the rest: the controller's own settings hold the
+# admin password and the database URL. A model's `env:` adds anything else explicitly.
+PASSED_ENV = frozenset(
+    {"PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "LD_LIBRARY_PATH", "SSL_CERT_FILE"}
+)
+PASSED_PREFIXES = (
+    "LC_", "CUDA_", "NVIDIA_", "HIP_", "ROCR_", "ROCM_", "HSA_", "GGML_", "LLAMA_ARG_", "OMP_", "MKL_",
+    "HF_", "VLLM_", "PYTORCH_", "TORCH", "TRANSFORMERS_", "XDG_",
+)  # fmt: skip
+SECRET_WORDS = ("TOKEN", "KEY", "PASSWORD", "SECRET")
+
+
+def engine_environment(base: Mapping[str, str]) -> dict[str, str]:
+    return {
+        name: value
+        for name, value in base.items()
+        if (name in PASSED_ENV or name.startswith(PASSED_PREFIXES)) and not any(w in name for w in SECRET_WORDS)
+    }
+
+
 async def spawn(argv: Sequence[str], env: Mapping[str, str] | None = None) -> asyncio.subprocess.Process:
-    """Start argv (a list, never a shell) with stdout and stderr merged into one pipe."""
-    full_env = {**os.environ, **(env or {})}
+    """Start argv (a list, never a shell) with stdout and stderr merged into one pipe, in a
+    scrubbed environment plus `env`."""
+    full_env = {**engine_environment(os.environ), **(env or {})}
     return await asyncio.create_subprocess_exec(
         *argv,
         stdin=asyncio.subprocess.DEVNULL,

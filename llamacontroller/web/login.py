@@ -59,13 +59,12 @@ async def login(
     ip = client_ip(request)
     guard = services.login_guard
     try:
-        guard.check(username, ip)
+        guard.begin(username, ip)
     except LlamaControllerError as exc:
         await audit(services, request, None, "login.failure", f"user:{username[:64]}", result="error: locked out")
         return _login_page(request, exc.message, 429)
     user = await services.auth.authenticate_password(username, password)
     if user is None:
-        guard.failed(username, ip)
         await audit(
             services,
             request,
@@ -75,7 +74,7 @@ async def login(
             result="error: wrong username or password",
         )
         return _login_page(request, "Wrong username or password.", 401)
-    guard.succeeded(username)
+    guard.succeeded(username, ip)
     cookie, _csrf = await services.sessions_store.create(user, ip, request.headers.get("user-agent"))
     await audit(services, request, None, "login.success", f"user:{user.username}")
     response = RedirectResponse(f"{_root(request)}/ui/", status_code=303)

@@ -186,7 +186,12 @@ async def create_token(request: Request, services: ServicesDep) -> Response:
     scopes = [str(s) for s in form.getlist("scope")] or None
     models = [services.supervisor.resolve(str(m)).id for m in form.getlist("model")]
     created = await services.auth.create_token(
-        user, str(form.get("name") or "").strip(), scopes, models, str(form.get("expires_in") or "").strip() or None
+        user,
+        str(form.get("name") or "").strip(),
+        scopes,
+        models,
+        str(form.get("expires_in") or "").strip() or None,
+        issuer=principal,
     )
     public = management.token_public(created.row, user.username)
     await management.audit(
@@ -196,7 +201,7 @@ async def create_token(request: Request, services: ServicesDep) -> Response:
 
 
 @router.post("/tokens/{token_id}/revoke")
-async def revoke_token(token_id: int, request: Request, services: ServicesDep) -> Response:
+async def revoke_token(token_id: management.RowId, request: Request, services: ServicesDep) -> Response:
     session = await current(request, services)
     await checked_form(request, session)
     owner = None if session.principal.is_admin else session.principal.user_id
@@ -231,7 +236,7 @@ async def create_user(request: Request, services: ServicesDep) -> Response:
 
 
 @router.post("/users/{user_id}")
-async def update_user(user_id: int, request: Request, services: ServicesDep) -> Response:
+async def update_user(user_id: management.RowId, request: Request, services: ServicesDep) -> Response:
     session = await current(request, services)
     form = await checked_form(request, session)
     require(session, "admin")
@@ -338,7 +343,8 @@ async def change_password(request: Request, services: ServicesDep) -> Response:
     if user is None:
         return render(request, session, "password.html", done=False, error="The current password is wrong.")
     try:
-        await services.auth.update_user(user.id, password=str(form.get("new") or ""))
+        # Every other session of this user ends; this one stays.
+        await services.auth.update_user(user.id, password=str(form.get("new") or ""), keep_session=session.id_hash)
     except LlamaControllerError as exc:
         return render(request, session, "password.html", done=False, error=exc.message)
     await management.audit(services, request, principal, "user.password", f"user:{user.username}")

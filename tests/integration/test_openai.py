@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from tests.harness import SMOLLM2, Controller, model_entry, running_controller
+from tests.harness import SMOLLM2, Controller, engine_key, model_entry, running_controller
 
 
 @pytest.fixture()
@@ -137,7 +137,8 @@ def test_unknown_path_is_an_openai_404(controller: Controller) -> None:
 def test_client_disconnect_stops_generation(controller: Controller) -> None:
     with controller.client() as mgmt:
         mgmt.post("/api/v1/models/load", json={"model_id": "smollm2-135m"})
-        port = next(m for m in mgmt.get("/api/v1/models/status").json()["models"] if m["id"] == "smollm2-135m")["port"]
+        status = next(m for m in mgmt.get("/api/v1/models/status").json()["models"] if m["id"] == "smollm2-135m")
+    port, key = status["port"], engine_key(status["pid"])
     body = {
         "model": "smollm2-135m",
         "prompt": "Write a long story:",
@@ -152,7 +153,7 @@ def test_client_disconnect_stops_generation(controller: Controller) -> None:
         assert r.status_code == 200
         was_busy = False
         for _ in r.iter_lines():
-            if _busy(port):
+            if _busy(port, key):
                 # Check once and stop reading: a second /slots call can catch the slot between
                 # two steps and report it idle (seen in CI), which says nothing about us.
                 was_busy = True
@@ -160,17 +161,17 @@ def test_client_disconnect_stops_generation(controller: Controller) -> None:
         assert was_busy
     # The response is closed; the engine must notice within a second.
     deadline = time.monotonic() + 1.0
-    while time.monotonic() < deadline and _busy(port):
+    while time.monotonic() < deadline and _busy(port, key):
         time.sleep(0.05)
     assert time.monotonic() < deadline
     # ...and stays idle: an uncancelled generation would go on for ~14 s.
     for _ in range(6):
         time.sleep(0.1)
-        assert not _busy(port)
+        assert not _busy(port, key)
 
 
-def _busy(port: int) -> bool:
-    slots = httpx.get(f"http://127.0.0.1:{port}/slots").json()
+def _busy(port: int, key: str) -> bool:
+    slots = httpx.get(f"http://127.0.0.1:{port}/slots", headers={"Authorization": f"Bearer {key}"}).json()
     return any(slot["is_processing"] for slot in slots)
 
 

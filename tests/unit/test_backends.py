@@ -25,8 +25,32 @@ def test_llamacpp_command_is_a_list_with_our_flags_then_the_models() -> None:
     ):
         assert any(launch.argv[i : i + 2] == flag for i in range(len(launch.argv)))
     assert "--metrics" in launch.argv and "--embeddings" in launch.argv
-    assert launch.env == {"CUDA_VISIBLE_DEVICES": "1"}
+    assert launch.env["CUDA_VISIBLE_DEVICES"] == "1"
     assert launch.health_path == "/health"
+
+
+def test_each_launch_gets_its_own_engine_key_never_on_the_command_line() -> None:
+    entry = ModelEntry(id="m", path="/models/m.gguf")
+    first, second = build_launch(entry, settings(), 1), build_launch(entry, settings(), 1)
+    assert first.api_key and second.api_key and first.api_key != second.api_key
+    assert first.env["LLAMA_API_KEY"] == first.api_key
+    assert not any(first.api_key in arg for arg in first.argv)  # /proc/PID/cmdline is world-readable
+
+
+def test_engines_get_a_scrubbed_environment() -> None:
+    from llamacontroller.supervisor.spawn import engine_environment
+
+    env = engine_environment(
+        {
+            "PATH": "/usr/bin",
+            "CUDA_VISIBLE_DEVICES": "0",
+            "LLAMACONTROLLER_ADMIN_PASSWORD": "secret",
+            "LLAMACONTROLLER_DATABASE_URL": "postgresql://u:p@db/x",
+            "HF_TOKEN": "hf_secret",
+            "AWS_SECRET_ACCESS_KEY": "x",
+        }
+    )
+    assert env == {"PATH": "/usr/bin", "CUDA_VISIBLE_DEVICES": "0"}
 
 
 def test_hostile_args_stay_single_arguments() -> None:
