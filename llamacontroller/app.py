@@ -127,6 +127,7 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
         root_path=settings.root_path,
         docs_url="/api/v1/docs",
+        swagger_ui_oauth2_redirect_url="/api/v1/docs/oauth2-redirect",
         redoc_url=None,
         openapi_url="/api/v1/openapi.json",
     )

@@ -213,15 +213,25 @@ def tokens() -> None:
 @click.option("--scope", "scopes", multiple=True, type=click.Choice(["inference", "models:manage", "admin"]))
 @click.option("--model", "models", multiple=True, help="Restrict to these model ids (repeatable).")
 @click.option("--expires-in", default=None, help="e.g. 30d, 12h.")
+@click.option(
+    "--trusted-frontend", is_flag=True, help="A front end (Open WebUI) whose X-OpenWebUI-User-* headers are recorded."
+)
 def tokens_create(
-    username: str, name: str, scopes: tuple[str, ...], models: tuple[str, ...], expires_in: str | None
+    username: str,
+    name: str,
+    scopes: tuple[str, ...],
+    models: tuple[str, ...],
+    expires_in: str | None,
+    trusted_frontend: bool,
 ) -> None:
     """Create a token and print it once."""
 
     async def work(services: Any) -> Any:
         user = await services.auth.get_user(username)
         ids = [services.supervisor.resolve(m).id for m in models]
-        created = await services.auth.create_token(user, name, list(scopes) or None, ids, expires_in)
+        created = await services.auth.create_token(
+            user, name, list(scopes) or None, ids, expires_in, trusted_frontend=trusted_frontend
+        )
         await services.audit.record(
             "token.create",
             actor="cli",

@@ -164,24 +164,22 @@ class FrontDoor:
         services = self.services()
         if services is None:
             raise ModelUnavailable("the controller is starting", retry_after=1)
+        cookie = _cookie(scope, COOKIE)
+        if path.startswith("/ui"):  # the dashboard knows sessions only, not API tokens
+            if method in SAFE_METHODS:
+                return None  # the page sends a browser without a session to the login form
+            if not cookie or await services.sessions_store.lookup(cookie) is None:
+                raise _ToLogin  # a form post without a session: its body is never read
+            return None  # pages check their form's CSRF token themselves (field or header)
         token = credential(header(scope, b"authorization"), header(scope, b"x-api-key"))
         if token is not None:
             return await services.auth.verify(token)
-        cookie = _cookie(scope, COOKIE)
         if cookie:
             session = await services.sessions_store.lookup(cookie)
             if session is None:
-                if path.startswith("/ui"):
-                    raise _ToLogin
                 raise Unauthenticated("session expired; log in again")
-            if path.startswith("/ui"):
-                return None  # pages check their form's CSRF token themselves (field or header)
             check_csrf(method, session.csrf_token, header(scope, CSRF_HEADER.encode()))
             return session.principal
-        if path.startswith("/ui"):
-            if method in SAFE_METHODS:
-                return None  # the page sends the browser to the login form
-            raise _ToLogin  # a form post without a session: its body is never read
         if not auth.require_api_token and not path.startswith("/api/v1/"):
             self.check_anonymous(scope, method)
             return Principal.anonymous()

@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import h11
 import httpx
 
-from tests.harness import Controller
+from tests.harness import SMOLLM2, Controller, model_entry, running_controller
 
 
 def _post(controller: Controller, path: str, body: dict[str, object], *extra: str, version: str = "1.1") -> bytes:
@@ -104,13 +105,24 @@ def test_chunked_body_and_bad_json_take_the_asgi_path_with_the_same_answers(cont
         assert broken.status_code == 400 and broken.json()["error"]["type"] == "invalid_request_error"
 
 
-def test_forwarded_client_is_recorded_from_a_trusted_proxy(controller: Controller) -> None:
-    headers = {**controller.headers(), "X-Forwarded-For": "203.0.113.7", "X-Request-ID": "lane-forwarded-1"}
-    with httpx.Client(base_url=controller.url, timeout=60) as client:
+def _forwarded_ip(ctl: Controller, request_id: str) -> str:
+    headers = {**ctl.headers(), "X-Forwarded-For": "203.0.113.7", "X-Request-ID": request_id}
+    with httpx.Client(base_url=ctl.url, timeout=60) as client:
         reply = client.post("/tokenize", json={"model": "smollm2", "content": "hi"}, headers=headers)
-        assert reply.status_code == 200 and reply.headers["x-request-id"] == "lane-forwarded-1"
-    row = controller.usage_row(lambda r: r["request_id"] == "lane-forwarded-1")
-    assert row["client_ip"] == "203.0.113.7" and row["endpoint"] == "/tokenize" and row["status"] == 200
+        assert reply.status_code == 200 and reply.headers["x-request-id"] == request_id
+    row = ctl.usage_row(lambda r: r["request_id"] == request_id)
+    assert row["endpoint"] == "/tokenize" and row["status"] == 200
+    return str(row["client_ip"])
+
+
+def test_forwarded_for_is_ignored_unless_the_peer_is_a_configured_proxy(
+    controller: Controller, tmp_path: Path
+) -> None:
+    # Default: no proxy is trusted, so a local caller cannot forge its address in the logs.
+    assert _forwarded_ip(controller, "lane-forwarded-0") == "127.0.0.1"
+    models = [model_entry("smollm2-135m", SMOLLM2, aliases=["smollm2"])]
+    with running_controller(tmp_path, models=models, auth={"trusted_proxies": ["127.0.0.1"]}) as ctl:
+        assert _forwarded_ip(ctl, "lane-forwarded-1") == "203.0.113.7"
 
 
 def test_empty_or_malformed_credentials_are_401_in_openai_shape(controller: Controller) -> None:

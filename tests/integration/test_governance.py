@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import secrets
 import signal
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -56,94 +58,222 @@ def gov(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
                 conn.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
 
 
-def tokens(ctl: Controller) -> dict[str, str | None]:
-    """One credential per row of the auth matrix."""
+def credentials(ctl: Controller) -> dict[str, dict[str, str]]:
+    """One set of request headers per credential of the matrix."""
     expired = ctl.token("expired", "admin", "--expires-in", "1s")
     revoked = ctl.token("revoked", "admin")
     with ctl.client() as admin:
         listed = admin.get("/api/v1/tokens").json()["tokens"]
-    token_id = next(t["id"] for t in listed if t["name"] == "revoked")
-    ctl.cli("tokens", "revoke", str(token_id))
+    ctl.cli("tokens", "revoke", str(next(t["id"] for t in listed if t["name"] == "revoked")))
     time.sleep(1.1)
-    return {
-        "none": None,
-        "malformed": "Basic abc",
-        "unknown": "lc_" + "x" * 43,
+    bearer = {
+        "garbage": "lc_" + "x" * 43,
         "expired": expired,
         "revoked": revoked,
-        "user-role": ctl.token("ursula", "ursula"),
+        "restricted": ctl.token("restricted", "admin", "--scope", "inference", "--model", "other"),
+        "inference": ctl.token("ursula", "ursula"),
         "operator": ctl.token("olive", "olive"),
-        "other-model-only": ctl.token("other-only", "admin", "--model", "other"),
-        "valid": ctl.token(),
+        "admin": ctl.token(),
     }
+    creds = {"none": {}, "malformed": {"Authorization": "Basic abc"}}
+    creds.update({name: {"Authorization": f"Bearer {token}"} for name, token in bearer.items()})
+    with browser(ctl) as client:
+        assert login(client, "admin", ctl.admin_password).status_code == 303
+        csrf = re.search(r'"X-CSRF-Token": "([^"]+)"', client.get("/ui/").text).group(1)  # type: ignore[union-attr]
+        cookie = f"lc_session={client.cookies['lc_session']}"
+    creds["session-no-csrf"] = {"Cookie": cookie}
+    creds["session"] = {"Cookie": cookie, "X-CSRF-Token": csrf}
+    return creds
 
 
-# route, method, body, dialect, required scope
-ROUTES = [
-    (
-        "/v1/chat/completions",
-        "POST",
-        {"model": "smollm2-135m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1},
-        "openai",
-        "inference",
+UNAUTHENTICATED = ("none", "malformed", "garbage", "expired", "revoked")
+SCOPES = {  # what each authenticated credential may do
+    "restricted": {"self", "inference"},
+    "inference": {"self", "inference"},
+    "operator": {"self", "inference", "manage"},
+    "admin": {"self", "inference", "manage", "admin"},
+    "session": {"self", "inference", "manage", "admin", "ui"},
+    "session-no-csrf": {"self", "inference", "manage", "admin", "ui"},
+}
+SM, OTHER = "smollm2-135m", "other"
+CHAT = {"model": SM, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+OLLAMA = {"model": SM, "stream": False, "options": {"num_predict": 1}}
+
+
+@dataclass
+class Row:
+    path: str
+    access: str  # public | self | inference | manage | admin | ui
+    body: dict[str, object] | None = None
+    model: bool = False  # names SM: a token restricted to OTHER is refused
+    restricted_status: int = 403
+    ok_5xx: tuple[int, ...] = ()  # what the engine itself answers (no embeddings in this model)
+    stream: bool = False  # SSE: only the status is read
+
+
+# Every (method, route) of the app. A route added without a row here fails the test.
+MATRIX: dict[tuple[str, str], Row] = {
+    ("GET", "/health"): Row("/health", "public"),
+    ("GET", "/ready"): Row("/ready", "public"),
+    ("GET", "/metrics"): Row("/metrics", "public"),
+    ("GET", "/"): Row("/", "public"),
+    ("GET", "/api/version"): Row("/api/version", "public"),
+    ("GET", "/api/v1/docs"): Row("/api/v1/docs", "public"),
+    ("GET", "/api/v1/docs/oauth2-redirect"): Row("/api/v1/docs/oauth2-redirect", "public"),
+    ("GET", "/api/v1/openapi.json"): Row("/api/v1/openapi.json", "public"),
+    ("GET", "/static/{path}"): Row("/static/htmx.min.js", "public"),
+    ("GET", "/ui/login"): Row("/ui/login", "public"),
+    ("POST", "/ui/login"): Row("/ui/login", "public", {"username": "x", "password": "y"}),
+    ("POST", "/v1/chat/completions"): Row("/v1/chat/completions", "inference", CHAT, model=True),
+    ("POST", "/v1/completions"): Row(
+        "/v1/completions", "inference", {"model": SM, "prompt": "a", "max_tokens": 1}, True
     ),
-    ("/v1/models", "GET", None, "openai", "inference"),
-    ("/tokenize", "POST", {"model": "smollm2-135m", "content": "hi"}, "openai", "inference"),
-    (
-        "/api/chat",
-        "POST",
-        {
-            "model": "smollm2-135m",
-            "messages": [{"role": "user", "content": "hi"}],
-            "stream": False,
-            "options": {"num_predict": 1},
-        },
-        "ollama",
-        "inference",
+    ("POST", "/v1/embeddings"): Row("/v1/embeddings", "inference", {"model": SM, "input": "a"}, True, ok_5xx=(501,)),
+    ("POST", "/v1/rerank"): Row(
+        "/v1/rerank", "inference", {"model": SM, "query": "a", "documents": ["b"]}, True, ok_5xx=(501,)
     ),
-    ("/api/tags", "GET", None, "ollama", "inference"),
-    ("/api/v1/models/status", "GET", None, "management", "models:manage"),
-    ("/api/v1/models/load", "POST", {"model_id": "smollm2-135m"}, "management", "models:manage"),
-    ("/api/v1/users", "GET", None, "management", "admin"),
-    ("/api/v1/audit", "GET", None, "management", "admin"),
-    ("/api/v1/usage", "GET", None, "management", "admin"),
-]
-MODEL_ROUTES = {"/v1/chat/completions", "/tokenize", "/api/chat"}
+    ("POST", "/tokenize"): Row("/tokenize", "inference", {"model": SM, "content": "hi"}, model=True),
+    ("POST", "/detokenize"): Row("/detokenize", "inference", {"model": SM, "tokens": [1]}, model=True),
+    ("POST", "/apply-template"): Row("/apply-template", "inference", CHAT, model=True),
+    ("GET", "/v1/models"): Row("/v1/models", "inference"),
+    ("GET", "/v1/models/{model_id:path}"): Row(f"/v1/models/{SM}", "inference", model=True, restricted_status=404),
+    ("GET", "/api/tags"): Row("/api/tags", "inference"),
+    ("GET", "/api/ps"): Row("/api/ps", "inference"),
+    ("POST", "/api/show"): Row("/api/show", "inference", {"model": SM}, model=True),
+    ("POST", "/api/generate"): Row("/api/generate", "inference", {**OLLAMA, "prompt": "hi"}, model=True),
+    ("POST", "/api/chat"): Row("/api/chat", "inference", {**OLLAMA, "messages": CHAT["messages"]}, model=True),
+    ("POST", "/api/embed"): Row("/api/embed", "inference", {"model": SM, "input": "a"}, True, ok_5xx=(501,)),
+    ("POST", "/api/embeddings"): Row("/api/embeddings", "inference", {"model": SM, "prompt": "a"}, True, ok_5xx=(501,)),
+    ("POST", "/api/pull"): Row("/api/pull", "inference", {"model": "hf.co/a/b"}, ok_5xx=(501,)),
+    ("DELETE", "/api/delete"): Row("/api/delete", "inference", {"model": OTHER}, ok_5xx=(501,)),
+    ("GET", "/api/v1/models"): Row("/api/v1/models", "self"),
+    ("GET", "/api/v1/models/status"): Row("/api/v1/models/status", "manage"),
+    ("POST", "/api/v1/models/load"): Row("/api/v1/models/load", "manage", {"model_id": SM}, model=True),
+    ("POST", "/api/v1/models/unload"): Row("/api/v1/models/unload", "manage", {"model_id": SM}, model=True),
+    ("POST", "/api/v1/models/switch"): Row("/api/v1/models/switch", "manage", {"from_id": OTHER, "to_id": SM}, True),
+    ("GET", "/api/v1/models/{model_id:path}/logs"): Row(f"/api/v1/models/{SM}/logs", "manage", model=True),
+    ("GET", "/api/v1/events"): Row("/api/v1/events", "manage", stream=True),
+    ("GET", "/api/v1/tokens"): Row("/api/v1/tokens", "self"),
+    ("POST", "/api/v1/tokens"): Row("/api/v1/tokens", "self", {"name": "matrix"}),
+    ("DELETE", "/api/v1/tokens/{token_id}"): Row("/api/v1/tokens/999999", "self"),
+    ("GET", "/api/v1/users"): Row("/api/v1/users", "admin"),
+    ("POST", "/api/v1/users"): Row("/api/v1/users", "admin", {"username": "bad name", "password": "p" * 10}),
+    ("PATCH", "/api/v1/users/{user_id}"): Row("/api/v1/users/999999", "admin", {"role": "user"}),
+    ("DELETE", "/api/v1/users/{user_id}"): Row("/api/v1/users/999999", "admin"),
+    ("GET", "/api/v1/audit"): Row("/api/v1/audit", "admin"),
+    ("GET", "/api/v1/usage"): Row("/api/v1/usage", "admin"),
+    ("POST", "/api/v1/config/reload"): Row("/api/v1/config/reload", "admin", {}),
+    ("GET", "/ui/"): Row("/ui/", "ui"),
+    ("GET", "/ui/models/{model_id:path}/row"): Row(f"/ui/models/{OTHER}/row", "ui"),
+    ("POST", "/ui/models/{model_id:path}/{action}"): Row(f"/ui/models/{OTHER}/unload", "ui", {}),
+    ("GET", "/ui/models/{model_id:path}"): Row(f"/ui/models/{OTHER}", "ui"),
+    ("GET", "/ui/tokens"): Row("/ui/tokens", "ui"),
+    ("POST", "/ui/tokens"): Row("/ui/tokens", "ui", {"name": "matrix"}),
+    ("POST", "/ui/tokens/{token_id}/revoke"): Row("/ui/tokens/999999/revoke", "ui", {}),
+    ("GET", "/ui/users"): Row("/ui/users", "ui"),
+    ("POST", "/ui/users"): Row("/ui/users", "ui", {"username": "bad name", "password": "p" * 10}),
+    ("POST", "/ui/users/{user_id}"): Row("/ui/users/999999", "ui", {"role": "user"}),
+    ("GET", "/ui/audit"): Row("/ui/audit", "ui"),
+    ("GET", "/ui/usage"): Row("/ui/usage", "ui"),
+    ("GET", "/ui/password"): Row("/ui/password", "ui"),
+    ("POST", "/ui/password"): Row("/ui/password", "ui", {"current": "wrong", "new": "whatever1"}),
+    ("POST", "/ui/logout"): Row("/ui/logout", "ui", {}),  # last: it ends the session
+}
 
 
-def expected(credential: str, route: str, scope: str) -> int:
-    if credential in ("none", "malformed", "unknown", "expired", "revoked"):
+def app_routes(ctl: Controller) -> set[tuple[str, str]]:
+    """(method, path) of every route the app serves, read from the app itself."""
+    from fastapi.routing import APIRoute
+    from starlette.routing import Mount, Route
+
+    from llamacontroller.app import create_app
+    from llamacontroller.config import load_settings
+
+    app = create_app(load_settings(config_dir=str(ctl.root / "config"), data_dir=str(ctl.data_dir)))
+    found = set()
+    pending = list(app.routes)
+    while pending:
+        route = pending.pop()
+        if isinstance(route, APIRoute | Route):
+            found |= {(m, route.path) for m in route.methods or () if m != "HEAD"}
+        elif isinstance(route, Mount):
+            found.add(("GET", route.path + "/{path}"))
+        else:  # FastAPI >= 0.16x keeps each included router whole: walk into it
+            pending += getattr(getattr(route, "original_router", None), "routes", [])
+    assert len(found) > 20
+    return found
+
+
+def expected(cred: str, row: Row, method: str) -> int | None:
+    """The status a credential must get, or None where it must get through (not 401/403)."""
+    if row.access == "public":
+        return None
+    if row.access == "ui":
+        if not cred.startswith("session"):
+            return 303  # tokens are no dashboard session: to the login page, body unread
+        return 403 if cred == "session-no-csrf" and method != "GET" else None
+    if cred in UNAUTHENTICATED:
         return 401
-    if credential == "user-role" and scope != "inference":
+    if cred == "session-no-csrf" and method != "GET":
         return 403
-    if credential == "operator" and scope == "admin":
+    if row.access not in SCOPES[cred]:
         return 403
-    if credential == "other-model-only" and route in MODEL_ROUTES:
-        return 403
-    return 200
+    if cred == "restricted" and row.model:
+        return row.restricted_status
+    return None
 
 
-def error_shape(dialect: str, body: dict) -> bool:
-    if dialect == "ollama":
-        return isinstance(body.get("error"), str)
-    if dialect == "openai":
-        return set(body["error"]) == {"message", "type", "param", "code"}
-    return set(body["error"]) == {"code", "message"}
-
-
-def test_auth_matrix(gov: Controller) -> None:
-    creds = tokens(gov)
+def test_authorization_matrix_covers_every_route(gov: Controller) -> None:
+    routes = app_routes(gov)
+    assert routes == set(MATRIX), (
+        f"routes without a row: {routes - set(MATRIX)}; rows without a route: {set(MATRIX) - routes}"
+    )
+    creds = credentials(gov)
     failures = []
-    for route, method, body, dialect, scope in ROUTES:
-        for name, credential in creds.items():
-            headers = {}
-            if credential is not None:
-                headers["Authorization"] = credential if " " in credential else f"Bearer {credential}"
-            response = httpx.request(method, gov.url + route, json=body, headers=headers, timeout=120)
-            want = expected(name, route, scope)
-            if response.status_code != want or (want >= 400 and not error_shape(dialect, response.json())):
-                failures.append(f"{method} {route} with {name}: {response.status_code} {response.text[:120]}")
+    with httpx.Client(base_url=gov.url, timeout=120, follow_redirects=False) as client:
+        for (method, _), row in MATRIX.items():
+            for name, headers in creds.items():
+                if row.access == "ui" and row.path == "/ui/logout" and name == "session":
+                    continue  # would end the session the other rows use; tested in test_dashboard
+                want = expected(name, row, method)
+                ui = row.access in ("ui", "public") and row.path.startswith("/ui")
+                kwargs: dict[str, object] = {"data": row.body} if ui else {"json": row.body}
+                with client.stream(method, row.path, headers=headers, **kwargs) as response:  # type: ignore[arg-type]
+                    status = response.status_code
+                    text = "" if row.stream and status == 200 else response.read().decode(errors="replace")
+                where = f"{method} {row.path} as {name}: {status} {text[:150]}"
+                if want is not None:
+                    if status != want:
+                        failures.append(f"{where} (want {want})")
+                    elif (
+                        want in (401, 403, 404) and not ui and not error_shape(dialect_for(row.path), json.loads(text))
+                    ):
+                        failures.append(f"{where} (not in the route's error dialect)")
+                elif row.access == "public":
+                    if status == 401 or status >= 500:
+                        failures.append(f"{where} (public)")
+                elif status in (401, 403) or (status >= 500 and status not in row.ok_5xx):
+                    failures.append(f"{where} (want it to get through)")
+                elif status in row.ok_5xx:
+                    pass  # the engine's own answer, passed through as it wrote it
+                elif status >= 400 and not ui and not error_shape(dialect_for(row.path), json.loads(text)):
+                    failures.append(f"{where} (not in the route's error dialect)")
     assert not failures, "\n".join(failures)
+
+
+def dialect_for(path: str) -> str:
+    if path.startswith("/api/v1/"):
+        return "management"
+    return "ollama" if path.startswith("/api/") else "openai"
+
+
+def error_shape(dialect: str, body: dict[str, object]) -> bool:
+    error = body.get("error")
+    if dialect == "ollama":
+        return isinstance(error, str)
+    if dialect == "openai":
+        return isinstance(error, dict) and set(error) == {"message", "type", "param", "code"}
+    return isinstance(error, dict) and set(error) == {"code", "message"}
 
 
 def test_model_scoped_token_sees_only_its_models(gov: Controller) -> None:
