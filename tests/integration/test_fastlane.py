@@ -115,9 +115,7 @@ def _forwarded_ip(ctl: Controller, request_id: str) -> str:
     return str(row["client_ip"])
 
 
-def test_forwarded_for_is_ignored_unless_the_peer_is_a_configured_proxy(
-    controller: Controller, tmp_path: Path
-) -> None:
+def test_forwarded_for_is_ignored_unless_the_peer_is_a_configured_proxy(controller: Controller, tmp_path: Path) -> None:
     # Default: no proxy is trusted, so a local caller cannot forge its address in the logs.
     assert _forwarded_ip(controller, "lane-forwarded-0") == "127.0.0.1"
     models = [model_entry("smollm2-135m", SMOLLM2, aliases=["smollm2"])]

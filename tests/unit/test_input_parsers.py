@@ -4,6 +4,7 @@ used to backtrack exponentially (22 digits and a letter: 0.5 s of a frozen event
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -40,10 +41,8 @@ PROPERTY = settings(max_examples=300, deadline=None, suppress_health_check=[Heal
 
 def answered_fast(parse: Callable[[Any], Any], value: Any) -> None:
     began = time.perf_counter()
-    try:
+    with contextlib.suppress(BadRequest):
         parse(value)
-    except BadRequest:
-        pass
     assert time.perf_counter() - began < FAST, f"{parse.__name__}({value!r:.80}) took too long"
 
 
@@ -81,10 +80,8 @@ def test_request_ids_fit_the_usage_column(value: str) -> None:
 def test_model_names_are_checked_in_linear_time(value: str) -> None:
     began = time.perf_counter()
     model_key(value)
-    try:
+    with contextlib.suppress(ValueError):
         ModelEntry(id=value, path="/m.gguf")
-    except ValueError:
-        pass
     assert time.perf_counter() - began < FAST
 
 
