@@ -4,7 +4,8 @@ Each API dialect renders them in one place (api/errors.py). The tree:
 
     LlamaControllerError
     ├── BadRequest                 the request itself is wrong (400)
-    │   └── PayloadTooLarge        body over the cap (413)
+    │   ├── PayloadTooLarge        body over the cap (413)
+    │   └── LengthRequired         a chunked body where only a declared length is taken (411)
     ├── Unauthenticated            no or bad credentials (401)
     ├── Forbidden                  credentials lack a scope or model (403)
     ├── NotFound                   no such thing (404)
@@ -43,6 +44,11 @@ class BadRequest(LlamaControllerError):
 class PayloadTooLarge(BadRequest):
     status = 413
     code = "payload_too_large"
+
+
+class LengthRequired(BadRequest):
+    status = 411
+    code = "length_required"
 
 
 class Unauthenticated(LlamaControllerError):

@@ -38,6 +38,7 @@ OPENAI_TYPES = {
     403: "permission_error",
     404: "not_found_error",
     409: "invalid_request_error",
+    411: "invalid_request_error",
     413: "invalid_request_error",
     429: "rate_limit_error",
 }
@@ -65,6 +66,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         404: "No such model, user or token",
         405: "Method not allowed",
         409: "Conflict (exists already, or in use)",
+        411: "A chunked body where a Content-Length is needed",
         413: "Request body too large",
         429: "Over a limit; retry later",
         503: "The model or the database cannot serve now",

@@ -34,6 +34,7 @@ from llamacontroller.config import Settings
 from llamacontroller.errors import (
     BadRequest,
     Forbidden,
+    LengthRequired,
     LlamaControllerError,
     ModelUnavailable,
     PayloadTooLarge,
@@ -137,6 +138,10 @@ class FrontDoor:
             declared = header(scope, b"content-length")
             if declared is not None and (not declared.isdigit() or int(declared) > cap):
                 raise PayloadTooLarge(f"request body over {cap // KiB} KiB for this route")
+            if declared is None and cap < INFERENCE_BODY and header(scope, b"transfer-encoding") is not None:
+                # Forms and management calls always know their length; a chunked one is refused
+                # unread rather than trusted to every body parser to stop at the cap.
+                raise LengthRequired("send a Content-Length with this request")
             principal = await self.authenticate(scope, path)
         except LlamaControllerError as exc:
             await render(dialect, exc)(scope, receive, send)
