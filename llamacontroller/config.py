@@ -158,7 +158,9 @@ class AuthConfig(_Strict):
     require_api_token: bool = Field(True, description="False allows anonymous inference (never management).")
     session_idle_timeout: float = Field(3600, gt=0, description="Dashboard session idle expiry, seconds.")
     session_absolute_timeout: float = Field(43200, gt=0, description="Dashboard session hard expiry, seconds.")
-    lockout_threshold: int = Field(5, gt=0, description="Failed logins (per user or IP) before lockout.")
+    lockout_threshold: int = Field(
+        5, gt=0, description="Failed logins for one username from one IP before lockout (4x that per IP)."
+    )
     lockout_seconds: float = Field(300, gt=0, description="How long a lockout lasts.")
     token_cache_ttl: float = Field(30, ge=0, description="Seconds a verified API token stays cached.")
     trusted_proxies: list[str] = Field(

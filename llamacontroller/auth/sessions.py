@@ -138,15 +138,18 @@ def check_csrf(method: str, expected: str, given: str | None) -> None:
 
 
 class LoginGuard:
-    """Counts login attempts per client IP and per (username, IP); too many failures within
-    `seconds` lock that IP (or that username from that IP) out until the period has passed since
-    the last one. Not per username alone: then anyone could lock `admin` out from everywhere.
+    """Counts login attempts per (username, IP) and per client IP; `threshold` failures for one
+    username from one IP within `seconds` lock that pair out, and `IP_FACTOR` times as many from
+    one IP (password spraying over many usernames) lock the IP out, until the period has passed
+    since the last one. Not per username alone: then anyone could lock `admin` out from everywhere.
 
     An attempt counts as a failure from the moment it starts (`begin`) until it succeeds, so
     concurrent attempts cannot slip past the count while bcrypt runs. The table is bounded: at
     most `max_keys` entries, the least recently used dropped first, usernames cut to 64
     characters (no valid username is longer). In memory: a restart forgets the counts, and
     several controllers each count their own."""
+
+    IP_FACTOR = 4
 
     def __init__(self, threshold: int, seconds: float, max_keys: int = 10_000) -> None:
         self.threshold = threshold
@@ -161,10 +164,13 @@ class LoginGuard:
     def _keys(username: str, ip: str | None) -> tuple[str, str]:
         return f"ip:{ip}", f"user:{username[:64].lower()}@{ip}"
 
+    def _limit(self, key: str) -> int:
+        return self.threshold * self.IP_FACTOR if key.startswith("ip:") else self.threshold
+
     def _recent(self, key: str, now: float) -> deque[float]:
         failures = self._failures.get(key)
         if failures is None:
-            failures = self._failures[key] = deque(maxlen=self.threshold)
+            failures = self._failures[key] = deque(maxlen=self._limit(key))
             while len(self._failures) > self.max_keys:
                 self._failures.popitem(last=False)
         else:
@@ -179,7 +185,7 @@ class LoginGuard:
         keys = self._keys(username, ip)
         for key in keys:
             failures = self._recent(key, now)
-            if len(failures) >= self.threshold:
+            if len(failures) >= self._limit(key):
                 wait = self.seconds - (now - failures[-1])
                 raise Overloaded(f"too many failed logins; try again in {wait:.0f}s", retry_after=wait)
         for key in keys:

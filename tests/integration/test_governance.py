@@ -52,6 +52,10 @@ def gov(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
             ctl.cli("users", "create", "olive", "--role", "operator", "--password-stdin", stdin="olive-password\n")
             ctl.cli("users", "create", "ursula", "--role", "user", "--password-stdin", stdin="ursula-password\n")
             yield ctl
+            # Shutdown completes (usage flushed) whatever the tests sent: never a hang.
+            began = time.monotonic()
+            assert ctl.stop(signal.SIGTERM) in (0, -signal.SIGTERM)
+            assert time.monotonic() - began < 20
     finally:
         if database:
             with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
@@ -399,3 +403,45 @@ def test_usage_rows_survive_sigterm(tmp_path: Path) -> None:
         with sqlite3.connect(ctl.root / "data" / "llamacontroller.db") as db:
             rows = db.execute("SELECT count(*), count(DISTINCT token_id) FROM usage_log WHERE endpoint='/tokenize'")
             assert rows.fetchone() == (10_000, 4)
+
+
+def test_usage_cannot_be_poisoned_by_a_long_request_id(gov: Controller) -> None:
+    """A 100-character X-Request-ID once failed the usage batch on PostgreSQL (VARCHAR(64)), which
+    was retried forever: no usage row for anyone after it, and shutdown hung."""
+    body = {"model": "smollm2-135m", "content": "count me"}
+    with gov.client() as client:
+        poisoned = client.post("/tokenize", json=body, headers={"X-Request-ID": "p" * 100})
+        assert poisoned.status_code == 200 and poisoned.headers["x-request-id"] != "p" * 100
+        for i in range(3):
+            assert client.post("/tokenize", json=body, headers={"X-Request-ID": f"after-poison-{i}"}).status_code == 200
+    for i in range(3):
+        row = gov.usage_row(lambda r, i=i: r["request_id"] == f"after-poison-{i}")  # type: ignore[misc]
+        assert row["status"] == 200
+    gov.usage_row(lambda r: r["request_id"] == poisoned.headers["x-request-id"])
+
+
+def test_passwords_over_72_bytes_are_a_clear_error_not_a_500(gov: Controller) -> None:
+    with gov.client() as admin:
+        refused = admin.post("/api/v1/users", json={"username": "longpw", "password": "p" * 100})
+        assert refused.status_code == 400 and "72 bytes" in refused.json()["error"]["message"]
+    with browser(gov) as client:
+        assert login(client, "ursula", "é" * 60).status_code == 401  # 120 bytes
+
+
+def test_password_change_and_disable_end_other_sessions(gov: Controller) -> None:
+    gov.cli("users", "create", "sam", "--role", "operator", "--password-stdin", stdin="sam-password-1\n")
+    with browser(gov) as first, browser(gov) as second:
+        assert login(first, "sam", "sam-password-1").status_code == 303
+        assert login(second, "sam", "sam-password-1").status_code == 303
+        page = second.get("/ui/password")
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)  # type: ignore[union-attr]
+        changed = second.post(
+            "/ui/password", data={"current": "sam-password-1", "new": "sam-password-2", "csrf_token": csrf}
+        )
+        assert changed.status_code == 200
+        assert second.get("/api/v1/models/status").status_code == 200  # the session that changed it stays
+        assert first.get("/api/v1/models/status").status_code == 401  # every other one ends
+        with gov.client() as admin:
+            sam = next(u for u in admin.get("/api/v1/users").json()["users"] if u["username"] == "sam")
+            assert admin.patch(f"/api/v1/users/{sam['id']}", json={"disabled": True}).status_code == 200
+        assert second.get("/api/v1/models/status").status_code == 401

@@ -39,6 +39,14 @@ def test_a_lockout_from_one_address_does_not_lock_the_user_out_elsewhere() -> No
     guard.succeeded("admin", "10.0.0.1")
 
 
+def test_one_address_spraying_many_usernames_is_locked_out() -> None:
+    guard = LoginGuard(threshold=3, seconds=300)
+    for i in range(3 * LoginGuard.IP_FACTOR):
+        guard.begin(f"user{i}", "6.6.6.6")
+    with pytest.raises(Overloaded):
+        guard.begin("someone-else", "6.6.6.6")
+
+
 def test_success_forgives_the_attempt() -> None:
     guard = LoginGuard(threshold=2, seconds=300)
     for _ in range(5):
