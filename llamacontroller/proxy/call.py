@@ -191,7 +191,7 @@ class UpstreamCall(Response):
     def _open(self, pool: UpstreamPool) -> Awaitable[UpstreamResponse]:
         ctx = self.ctx
         headers = [(b"content-type", b"application/json"), (b"x-request-id", ctx.request_id.encode())]
-        if ctx.stream:
+        if ctx.stream or ctx.upstream_stream:
             # llama-server answers streams with "Keep-Alive" but closes the connection after them;
             # a pooled copy of it would fail the next request. Say it ourselves.
             headers.append((b"connection", b"close"))

@@ -116,8 +116,11 @@ class _Connection(asyncio.Protocol):
             return
         names = {name for name, _ in self.headers}
         self.until_eof = b"content-length" not in names and b"transfer-encoding" not in names
-        # Asked here: after the message is complete, llhttp no longer says.
-        self.keep_alive = self.parser.should_keep_alive() and not self.until_eof
+        # Asked here: after the message is complete, llhttp no longer says. An event stream is
+        # never reused: llama-server closes the connection after one whatever its headers say,
+        # and a request sent on it as the close arrives cannot be sent again (it may have run).
+        is_sse = any(n == b"content-type" and v.startswith(b"text/event-stream") for n, v in self.headers)
+        self.keep_alive = self.parser.should_keep_alive() and not self.until_eof and not is_sse
         self.head_done = True
         self._wake()
 
