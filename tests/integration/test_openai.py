@@ -179,14 +179,20 @@ def test_queue_full_is_429_with_retry_after(tmp_path: Path) -> None:
     models = [model_entry("smollm2-135m", SMOLLM2, max_concurrency=1, queue_timeout=0.5)]
     with running_controller(tmp_path, models=models) as ctl:
         headers = ctl.headers()
-        long = {"model": "smollm2-135m", "prompt": "Story:", "max_tokens": 300, "ignore_eos": True}
+        long = {"model": "smollm2-135m", "prompt": "Story:", "max_tokens": 600, "ignore_eos": True}
         worker = threading.Thread(
             target=httpx.post,
             args=(f"{ctl.url}/v1/completions",),
             kwargs={"json": long, "headers": headers, "timeout": 120},
         )
         worker.start()
-        time.sleep(1.5)
+        # Until the long request holds the only slot (a fixed sleep raced the cold start in CI).
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            status = httpx.get(f"{ctl.url}/api/v1/models/status", headers=headers).json()["models"][0]
+            if status["in_flight"] >= 1 and status["state"] == "ready":
+                break
+            time.sleep(0.05)
         response = httpx.post(f"{ctl.url}/v1/completions", json={**long, "max_tokens": 1}, headers=headers)
         worker.join()
         assert response.status_code == 429
