@@ -120,12 +120,9 @@ class FrontDoor:
         self.app = app
         self.settings = settings
         self.services = services
-
-    def allowed_hosts(self) -> set[str]:
-        auth = self.settings.auth
-        if auth.allowed_hosts:
-            return {h.lower() for h in auth.allowed_hosts}
-        return {*LOOPBACK_HOSTS, self.settings.host.lower()}
+        auth = settings.auth
+        self.allowed_hosts = {h.lower() for h in auth.allowed_hosts or [*LOOPBACK_HOSTS, settings.host]}
+        self.allowed_origins = {o.rstrip("/").lower() for o in auth.allowed_origins}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -193,14 +190,13 @@ class FrontDoor:
     def check_anonymous(self, scope: Scope, method: str) -> None:
         """Without tokens, only the browser's own rules keep other web pages out: check them."""
         host = (header(scope, b"host") or "").lower()
-        if _hostname(host) not in self.allowed_hosts():
+        if _hostname(host) not in self.allowed_hosts:
             raise BadRequest(f"host {host[:100]!r} is not allowed (auth.allowed_hosts)")
         if method in SAFE_METHODS:
             return
         origin = header(scope, b"origin")
         if origin is not None:
-            allowed = {o.rstrip("/").lower() for o in self.settings.auth.allowed_origins}
-            if urlsplit(origin).netloc.lower() != host and origin.rstrip("/").lower() not in allowed:
+            if urlsplit(origin).netloc.lower() != host and origin.rstrip("/").lower() not in self.allowed_origins:
                 raise Forbidden(f"cross-origin request from {origin[:100]!r} refused (auth.allowed_origins)")
         elif header(scope, b"sec-fetch-site") == "cross-site":
             raise Forbidden("cross-site request refused")

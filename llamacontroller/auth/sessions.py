@@ -119,15 +119,6 @@ class Sessions:
             )
             await db.commit()
 
-    async def revoke_user(self, user_id: int) -> None:
-        async with self.db() as db:
-            await db.execute(
-                update(WebSession)
-                .where(WebSession.user_id == user_id, WebSession.revoked_at.is_(None))
-                .values(revoked_at=datetime.now(UTC))
-            )
-            await db.commit()
-
 
 def check_csrf(method: str, expected: str, given: str | None) -> None:
     """State-changing requests made with a session cookie must echo the session's CSRF token."""

@@ -247,9 +247,8 @@ async def update_user(user_id: management.RowId, request: Request, services: Ser
         changes["disabled"] = form.get("disabled") == "true"
     if form.get("password"):
         changes["password"] = str(form["password"])
+    # Ends the user's dashboard sessions too (AuthStore.update_user).
     await management.update_user(user_id, management.UserUpdate(**changes), request, services, session.principal)
-    if changes.get("disabled") or changes.get("password"):
-        await services.sessions_store.revoke_user(user_id)
     return back(request, "/users")
 
 
