@@ -27,6 +27,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from llamacontroller.api.deps import MAX_BODY
 from llamacontroller.api.errors import dialect_for, render
 from llamacontroller.auth.principal import Principal
 from llamacontroller.auth.sessions import COOKIE, CSRF_HEADER, SAFE_METHODS, check_csrf
@@ -45,7 +46,7 @@ if TYPE_CHECKING:
     from llamacontroller.app import Services
 
 KiB, MiB = 1024, 1024 * 1024
-INFERENCE_BODY = 32 * MiB  # images travel base64 inside the JSON
+INFERENCE_BODY = MAX_BODY  # what the inference handlers read at most; images travel base64 in the JSON
 MANAGEMENT_BODY = 1 * MiB
 LOGIN_BODY = 64 * KiB
 SMALL_BODY = 64 * KiB  # routes that take no body
