@@ -34,6 +34,7 @@ run: setup
 lint: python-deps
 	$(BIN)/ruff check llamacontroller tests bench scripts
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 test: setup lint
 	@$(BIN)/python -m pytest; rc=$$?; \

@@ -21,7 +21,7 @@ from starlette.requests import Request
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from llamacontroller.api.deps import get_principal
-from llamacontroller.app import open_services
+from llamacontroller.services.core import open_services
 from llamacontroller.config import load_settings
 
 

@@ -4,20 +4,22 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import os
 import shutil
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from llamacontroller import __version__
 from llamacontroller.config import ConfigError, Settings, load_settings
-from llamacontroller.errors import LlamaControllerError
+from llamacontroller.errors import LlamaControllerError, ModelNotFound
+
+if TYPE_CHECKING:
+    from llamacontroller.services.core import Store
 
 T = TypeVar("T")
 
@@ -30,16 +32,17 @@ def _settings(config_dir: str | None = None) -> Settings:
         sys.exit(2)
 
 
-def _run(work: Callable[[Any], Awaitable[T]], settings: Settings) -> T:
-    """Open the database services the server uses (migrating first), run `work`, close."""
-    from llamacontroller.app import open_services
+def _run(work: Callable[[Store], Awaitable[T]], settings: Settings) -> T:
+    """Open the database the server uses (migrating first), run `work`, close. Only the
+    database: no supervisor, no engines, no model files read."""
+    from llamacontroller.services.core import open_store
 
     async def main() -> T:
-        services = await open_services(settings)
+        store = await open_store(settings)
         try:
-            return await work(services)
+            return await work(store)
         finally:
-            await services.db.dispose()
+            await store.close()
 
     try:
         return asyncio.run(main())
@@ -68,7 +71,6 @@ def serve(host: str | None, port: int | None, config_dir: str | None) -> None:
     """Run the controller."""
     import uvicorn
 
-    from llamacontroller.api.fastlane import Lane, LaneProtocol
     from llamacontroller.app import create_app
     from llamacontroller.logs import setup_logging
 
@@ -79,7 +81,6 @@ def serve(host: str | None, port: int | None, config_dir: str | None) -> None:
         sys.exit(2)
     setup_logging(settings.log_level)
     app = create_app(settings)
-    lane = Lane(app, settings.auth.trusted_proxies)
     uvicorn.run(
         app,
         host=settings.host,
@@ -91,7 +92,7 @@ def serve(host: str | None, port: int | None, config_dir: str | None) -> None:
         forwarded_allow_ips=",".join(settings.auth.trusted_proxies) or None,
         timeout_graceful_shutdown=30,
         loop="uvloop",
-        http=functools.partial(LaneProtocol, lane=lane),  # type: ignore[arg-type]
+        http="httptools",
     )
 
 
@@ -147,24 +148,20 @@ def _read_password(password_stdin: bool) -> str:
 @click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
 def users_create(name: str, role: str, password_stdin: bool) -> None:
     """Create a user."""
+    from llamacontroller.services import accounts
+    from llamacontroller.services.audit import Actor
+
     password = _read_password(password_stdin)
-
-    async def work(services: Any) -> None:
-        await services.auth.create_user(name, password, role)
-        await services.audit.record("user.create", actor="cli", target=f"user:{name}", after={"role": role})
-
-    _run(work, _settings())
+    _run(lambda store: accounts.create_user(store, Actor.console(), name, password, role), _settings())
     click.echo(f"created {role} {name}")
 
 
 @users.command("list")
 def users_list() -> None:
     """List users."""
+    from llamacontroller.services import accounts
 
-    async def work(services: Any) -> list[Any]:
-        return list(await services.auth.list_users())
-
-    for user in _run(work, _settings()):
+    for user in _run(accounts.list_users, _settings()):
         flags = " (disabled)" if user.disabled else ""
         click.echo(f"{user.id}\t{user.username}\t{user.role}{flags}")
 
@@ -174,14 +171,11 @@ def users_list() -> None:
 @click.option("--password-stdin", is_flag=True)
 def users_passwd(name: str, password_stdin: bool) -> None:
     """Set a user's password."""
+    from llamacontroller.services import accounts
+    from llamacontroller.services.audit import Actor
+
     password = _read_password(password_stdin)
-
-    async def work(services: Any) -> None:
-        user = await services.auth.get_user(name)
-        await services.auth.update_user(user.id, password=password)
-        await services.audit.record("user.update", actor="cli", target=f"user:{name}", after={"password": "changed"})
-
-    _run(work, _settings())
+    _run(lambda store: accounts.update_user(store, Actor.console(), name, password=password), _settings())
     click.echo(f"password changed for {name}")
 
 
@@ -189,13 +183,10 @@ def users_passwd(name: str, password_stdin: bool) -> None:
 @click.argument("name")
 def users_disable(name: str) -> None:
     """Disable a user (their tokens stop working at once)."""
+    from llamacontroller.services import accounts
+    from llamacontroller.services.audit import Actor
 
-    async def work(services: Any) -> None:
-        user = await services.auth.get_user(name)
-        await services.auth.update_user(user.id, disabled=True)
-        await services.audit.record("user.update", actor="cli", target=f"user:{name}", after={"disabled": True})
-
-    _run(work, _settings())
+    _run(lambda store: accounts.update_user(store, Actor.console(), name, disabled=True), _settings())
     click.echo(f"disabled {name}")
 
 
@@ -211,7 +202,7 @@ def tokens() -> None:
 @click.option("--user", "username", required=True)
 @click.option("--name", required=True, help="A label for the token.")
 @click.option("--scope", "scopes", multiple=True, type=click.Choice(["inference", "models:manage", "admin"]))
-@click.option("--model", "models", multiple=True, help="Restrict to these model ids (repeatable).")
+@click.option("--model", "models", multiple=True, help="Restrict to these model ids or aliases (repeatable).")
 @click.option("--expires-in", default=None, help="e.g. 30d, 12h.")
 @click.option(
     "--trusted-frontend", is_flag=True, help="A front end (Open WebUI) whose X-OpenWebUI-User-* headers are recorded."
@@ -225,48 +216,56 @@ def tokens_create(
     trusted_frontend: bool,
 ) -> None:
     """Create a token and print it once."""
+    from llamacontroller.services import accounts
+    from llamacontroller.services.audit import Actor
 
-    async def work(services: Any) -> Any:
-        user = await services.auth.get_user(username)
-        ids = [services.supervisor.resolve(m).id for m in models]
-        created = await services.auth.create_token(
-            user, name, list(scopes) or None, ids, expires_in, trusted_frontend=trusted_frontend
-        )
-        await services.audit.record(
-            "token.create",
-            actor="cli",
-            target=f"token:{created.row.id}",
-            after={"name": name, "user": username, "scopes": created.row.scopes},
-        )
-        return created
+    settings = _settings()
+    ids = []
+    for name_ in models:  # resolved as the server does, from the config alone
+        entry = settings.models.entry_named(name_)
+        if entry is None:
+            click.echo(f"error: {ModelNotFound(f'model {name_[:64]!r} not found').message}", err=True)
+            sys.exit(1)
+        ids.append(entry.id)
 
-    created = _run(work, _settings())
+    async def work(store: Store) -> accounts.TokenCreated:
+        return await accounts.create_token(
+            store,
+            Actor.console(),
+            name,
+            owner=username,
+            scopes=scopes or None,
+            models=ids,
+            expires_in=expires_in,
+            trusted_frontend=trusted_frontend,
+        )
+
+    created = _run(work, settings)
     click.echo(created.token)
-    click.echo(f"token {created.row.id} for {username} ({created.row.scopes}); it is shown only once", err=True)
+    scopes_shown = " ".join(created.scopes)
+    click.echo(f"token {created.id} for {username} ({scopes_shown}); it is shown only once", err=True)
 
 
 @tokens.command("list")
 def tokens_list() -> None:
     """List tokens (never their values)."""
+    from llamacontroller.services import accounts
+    from llamacontroller.services.audit import Actor
 
-    async def work(services: Any) -> list[Any]:
-        return list(await services.auth.list_tokens())
-
-    for row, username in _run(work, _settings()):
-        state = "revoked" if row.revoked_at else "active"
-        click.echo(f"{row.id}\t{row.prefix}…\t{row.name}\t{username}\t{row.scopes}\t{state}")
+    for token in _run(lambda store: accounts.list_tokens(store, Actor.console()), _settings()):
+        state = "revoked" if token.revoked_at else "active"
+        scopes = " ".join(token.scopes)
+        click.echo(f"{token.id}\t{token.prefix}…\t{token.name}\t{token.user}\t{scopes}\t{state}")
 
 
 @tokens.command("revoke")
 @click.argument("token_id", type=int)
 def tokens_revoke(token_id: int) -> None:
     """Revoke a token."""
+    from llamacontroller.services import accounts
+    from llamacontroller.services.audit import Actor
 
-    async def work(services: Any) -> None:
-        await services.auth.revoke_token(token_id)
-        await services.audit.record("token.revoke", actor="cli", target=f"token:{token_id}")
-
-    _run(work, _settings())
+    _run(lambda store: accounts.revoke_token(store, Actor.console(), token_id), _settings())
     click.echo(f"revoked token {token_id}")
 
 

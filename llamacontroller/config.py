@@ -121,6 +121,11 @@ class ModelEntry(_Strict):
         return [self.id, *self.aliases]
 
 
+def model_key(name: str) -> str:
+    """Names are case-insensitive, and `x` and `x:latest` are the same model (Ollama's habit)."""
+    return name.strip().lower().removesuffix(":latest")
+
+
 class ModelsConfig(_Strict):
     models_dir: str = Field("data/models", description="Folder in which a bare file name in a model's `path` is found.")
     max_loaded_models: int = Field(2, gt=0, description="Engines running at once.")
@@ -147,11 +152,16 @@ class ModelsConfig(_Strict):
         seen: dict[str, str] = {}
         for entry in self.models:
             for name in entry.names:
-                key = name.lower().removesuffix(":latest")
+                key = model_key(name)
                 if key in seen and seen[key] != entry.id:
                     raise ValueError(f"model name {name!r} is used by both {seen[key]!r} and {entry.id!r}")
                 seen[key] = entry.id
         return self
+
+    def entry_named(self, name: str) -> ModelEntry | None:
+        """The model an id or alias names, as the supervisor resolves it (without starting one)."""
+        key = model_key(name)
+        return next((e for e in self.models if any(model_key(n) == key for n in e.names)), None)
 
 
 class AuthConfig(_Strict):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from starlette.requests import ClientDisconnect
@@ -12,9 +12,8 @@ from starlette.types import Receive
 
 from llamacontroller.auth.principal import Principal
 from llamacontroller.errors import BadRequest, PayloadTooLarge, Unauthenticated
-
-if TYPE_CHECKING:
-    from llamacontroller.app import Services
+from llamacontroller.services.audit import Actor
+from llamacontroller.services.core import Services
 
 MAX_BODY = 32 * 1024 * 1024
 # Fits the usage log's request_id column (VARCHAR(64)); anything else gets an id of our own.
@@ -27,7 +26,7 @@ async def get_services(request: Request) -> Services:
     return request.app.state.services  # type: ignore[no-any-return]
 
 
-ServicesDep = Annotated["Services", Depends(get_services)]
+ServicesDep = Annotated[Services, Depends(get_services)]
 
 
 async def get_principal(request: Request) -> Principal:
@@ -52,6 +51,22 @@ def requires(scope: str) -> Any:
 ManagerDep = Annotated[Principal, requires("models:manage")]
 AdminDep = Annotated[Principal, requires("admin")]
 InferenceDep = Annotated[Principal, requires("inference")]
+
+
+def acting(scope: str | None = None) -> Any:
+    """The caller as the service layer's audit records name it (principal, address, agent)."""
+
+    async def build(request: Request, principal: PrincipalDep) -> Actor:
+        if scope is not None:
+            principal.require(scope)
+        return actor_of(request, principal)
+
+    return Depends(build)
+
+
+ActorDep = Annotated[Actor, acting()]
+ManagerActor = Annotated[Actor, acting("models:manage")]
+AdminActor = Annotated[Actor, acting("admin")]
 
 
 async def read_body(request: Request, limit: int = MAX_BODY) -> bytes:
@@ -83,6 +98,10 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise BadRequest("request body must be a JSON object")
     return data
+
+
+def actor_of(request: Request, principal: Principal | None) -> Actor:
+    return Actor(principal, client_ip(request), request.headers.get("user-agent"))
 
 
 def client_ip(request: Request) -> str | None:

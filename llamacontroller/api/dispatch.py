@@ -5,18 +5,17 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import Any
 
 from fastapi import Request
 from starlette.types import Scope
 
 from llamacontroller.api.deps import REQUEST_ID
-from llamacontroller.api.errors import Dialect
+from llamacontroller.api.errors import Dialect, render
 from llamacontroller.auth.principal import Principal
 from llamacontroller.proxy.call import CallContext, Translator, UpstreamCall
-
-if TYPE_CHECKING:
-    from llamacontroller.app import Services
+from llamacontroller.services.core import Services
 
 
 @dataclass(slots=True)
@@ -34,7 +33,7 @@ class Origin:
 
     @classmethod
     def from_headers(cls, scope: Scope, headers: list[tuple[bytes, bytes]]) -> Origin:
-        """One pass over the raw ASGI headers (the fast lane has no Request object)."""
+        """One pass over the raw ASGI headers (the passthrough dispatcher has no Request object)."""
         given = None
         user: dict[str, str] | None = None
         for name, value in headers:
@@ -85,7 +84,8 @@ def dispatch(
         CallContext(
             engine=engine,
             gate=services.gate(engine.id),
-            dialect=dialect,
+            dialect=dialect.value,
+            render=partial(render, dialect),
             endpoint=origin.endpoint,
             upstream_path=upstream_path,
             body=body,

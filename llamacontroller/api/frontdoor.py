@@ -20,10 +20,8 @@ route was read, then refused). In order:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from starlette.exceptions import HTTPException
 from starlette.responses import RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -41,9 +39,7 @@ from llamacontroller.errors import (
     PayloadTooLarge,
     Unauthenticated,
 )
-
-if TYPE_CHECKING:
-    from llamacontroller.app import Services
+from llamacontroller.services.core import Services
 
 KiB, MiB = 1024, 1024 * 1024
 INFERENCE_BODY = MAX_BODY  # what the inference handlers read at most; images travel base64 in the JSON
@@ -236,7 +232,7 @@ def _capped(receive: Receive, cap: int) -> Receive:
         if message["type"] == "http.request":
             seen += len(message.get("body", b""))
             if seen > cap:
-                raise HTTPException(413, f"request body over {cap // KiB} KiB for this route")
+                raise PayloadTooLarge(f"request body over {cap // KiB} KiB for this route")
         return message
 
     return capped

@@ -15,12 +15,12 @@ from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response
 
 from llamacontroller.api import ollama_translate as tr
-from llamacontroller.api.deps import InferenceDep, ServicesDep, parse_json_object, read_body
+from llamacontroller.api.deps import InferenceDep, ServicesDep, actor_of, parse_json_object, read_body
 from llamacontroller.api.dispatch import Origin, dispatch
 from llamacontroller.api.errors import Dialect
-from llamacontroller.api.management import audit
 from llamacontroller.auth.principal import Principal
 from llamacontroller.errors import BadRequest, NotSupported
+from llamacontroller.services.audit import record
 from llamacontroller.supervisor.engine import Engine
 from llamacontroller.supervisor.memory import read_gguf
 
@@ -213,7 +213,8 @@ async def _lifetime(request: Request, services: Any, principal: Principal, engin
     if "models:manage" not in principal.scopes:
         return UNCHANGED
     if keep_alive is not None and _ttl_for(keep_alive) != engine.ttl_override:
-        await audit(services, request, principal, "model.keep_alive", engine.id, after={"keep_alive": keep_alive})
+        actor = actor_of(request, principal)
+        await record(services, actor, "model.keep_alive", engine.id, after={"keep_alive": keep_alive})
     return keep_alive
 
 

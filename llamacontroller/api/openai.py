@@ -4,21 +4,24 @@ engine sent it. Only the JSON `model` field is read, to route."""
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 from fastapi import APIRouter, Request
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from llamacontroller.api.deps import InferenceDep, ServicesDep, parse_json_object, read_body
+from llamacontroller.api.deps import InferenceDep, ServicesDep, parse_json_object, read_body, receive_body
 from llamacontroller.api.dispatch import Origin, dispatch
-from llamacontroller.api.errors import Dialect
+from llamacontroller.api.errors import Dialect, render
+from llamacontroller.api.frontdoor import header, relative_path
 from llamacontroller.auth.principal import Principal
-from llamacontroller.errors import BadRequest, ModelNotFound
+from llamacontroller.errors import BadRequest, LlamaControllerError
 from llamacontroller.proxy.call import UpstreamCall
+from llamacontroller.services.core import Services
+from llamacontroller.services.models import visible_engine
 from llamacontroller.supervisor.engine import Engine
-
-if TYPE_CHECKING:
-    from llamacontroller.app import Services
 
 router = APIRouter(tags=["openai"])
 
@@ -35,7 +38,7 @@ PASSTHROUGH = {
 
 
 def proxy(origin: Origin, body: bytes, services: Services, principal: Principal, path: str) -> UpstreamCall:
-    """One OpenAI passthrough request; called by the routes below and by the fast lane."""
+    """One OpenAI passthrough request; called by `Passthrough` and by the routes below."""
     payload = parse_json_object(body)
     if b"_url" in body and not services.settings.auth.allow_remote_media:
         refuse_remote_media(payload)
@@ -80,9 +83,39 @@ def refuse_remote_media(payload: dict[str, Any]) -> None:
                     )
 
 
+class Passthrough:
+    """Pure ASGI, inside the front door: the passthrough POSTs go straight to `proxy`, without
+    FastAPI's routing, dependency resolution and Request objects (the CPU a cheap call like
+    /tokenize costs the controller decides its throughput; docs/benchmarks.md). The front door
+    has already checked the body cap and resolved the caller, for these paths as for every other;
+    what is left is the scope check, the body and the call."""
+
+    def __init__(self, app: ASGIApp, services: Callable[[], Services | None]) -> None:
+        self.app = app
+        self.services = services
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = relative_path(scope) if scope["type"] == "http" and scope["method"] == "POST" else None
+        services = self.services()
+        principal: Principal | None = scope.get("state", {}).get("principal")
+        if path not in PASSTHROUGH or services is None or principal is None:
+            await self.app(scope, receive, send)
+            return
+        try:
+            principal.require("inference")
+            body = await receive_body(receive, header(scope, b"content-length"))
+            call = proxy(Origin.from_headers(scope, scope["headers"]), body, services, principal, path)
+        except LlamaControllerError as exc:
+            await render(Dialect.OPENAI, exc)(scope, receive, send)
+            return
+        except ClientDisconnect:
+            return  # gone before its body arrived: nobody to answer
+        await call(scope, receive, send)
+
+
 def _make_route(path: str) -> None:
-    # Requests with an API token normally take the fast lane (api/fastlane.py); these routes serve
-    # the rest (session cookies, HTTP/1.0, pipelined or chunked requests) and the OpenAPI schema.
+    # `Passthrough` serves these paths before FastAPI routes them, with the same `proxy`; the
+    # routes declare them in the OpenAPI schema and serve them where the app runs without it.
     async def route(request: Request, services: ServicesDep, principal: InferenceDep) -> Response:
         return proxy(Origin.of(request), await read_body(request), services, principal, path)
 
@@ -94,7 +127,7 @@ for _path in PASSTHROUGH:
     _make_route(_path)
 
 
-def _only_loaded_model(services: Any, path: str) -> str:
+def _only_loaded_model(services: Services, path: str) -> str:
     """The llama.cpp extras (/tokenize...) are often called without a model: use the one loaded."""
     loaded = services.supervisor.loaded()
     if not path.startswith("/v1/") and len(loaded) == 1:
@@ -123,7 +156,4 @@ async def list_models(services: ServicesDep, principal: InferenceDep) -> dict[st
 
 @router.get("/v1/models/{model_id:path}")
 async def get_model(model_id: str, services: ServicesDep, principal: InferenceDep) -> dict[str, Any]:
-    engine = services.supervisor.resolve(model_id)
-    if not principal.may_use(engine.id):
-        raise ModelNotFound(f"model {model_id!r} not found", param="model")
-    return model_object(engine)
+    return model_object(visible_engine(services, principal, model_id))

@@ -9,6 +9,7 @@ from fastapi import APIRouter
 from starlette.responses import JSONResponse, Response
 
 from llamacontroller.api.deps import ServicesDep
+from llamacontroller.services.core import check_database
 
 router = APIRouter(tags=["system"])
 log = logging.getLogger(__name__)
@@ -21,8 +22,6 @@ async def health() -> dict[str, str]:
 
 @router.get("/ready")
 async def ready(services: ServicesDep) -> Response:
-    from llamacontroller.app import check_database
-
     body: dict[str, Any] = {"status": "ready", "models": len(services.supervisor.engines)}
     try:
         await check_database(services)

@@ -16,12 +16,11 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
-from llamacontroller.api.errors import Dialect, render
 from llamacontroller.errors import (
     LlamaControllerError,
     UpstreamError,
@@ -36,8 +35,8 @@ from llamacontroller.supervisor.engine import Engine
 log = logging.getLogger(__name__)
 
 # What passes from an engine's answer to the client: an allow-list, since an engine (or a remote
-# upstream) must not set cookies, CORS or caching rules on the controller's origin. uvicorn (or the
-# fast lane) frames the body itself; passthrough keeps the engine's Content-Length.
+# upstream) must not set cookies, CORS or caching rules on the controller's origin. The ASGI server
+# frames the body itself; passthrough keeps the engine's Content-Length.
 PASSED_HEADERS = frozenset({b"content-type", b"content-length", b"cache-control", b"retry-after"})
 MAX_HEADER_VALUE = 1024
 
@@ -58,16 +57,6 @@ def passed_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, byte
 STREAM_HEADERS = [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 
 
-class BodyWriter(Protocol):
-    """A direct line to the client's socket (the fast lane has one; ASGI does not)."""
-
-    def write_body(self, chunk: bytes) -> bool:
-        """Write a piece of the body at once; False when the client's buffer is full."""
-        ...
-
-    async def drain(self) -> None: ...
-
-
 class Translator(Protocol):
     """Turns the engine's OpenAI-dialect answer into another dialect, chunk by chunk."""
 
@@ -83,7 +72,8 @@ class Translator(Protocol):
 class CallContext:
     engine: Engine
     gate: ModelGate
-    dialect: Dialect
+    dialect: str  # what the usage log records: openai, ollama
+    render: Callable[[LlamaControllerError], Response]  # an error before the first byte, in the caller's dialect
     endpoint: str  # what the client called, e.g. /api/chat
     upstream_path: str  # what the engine is asked, e.g. /v1/chat/completions
     body: bytes
@@ -105,7 +95,6 @@ class UpstreamCall(Response):
         self.tap = UsageTap(stream=ctx.stream if ctx.upstream_stream is None else ctx.upstream_stream)
         self.began = time.perf_counter()
         self.error: str | None = None
-        self.writer: BodyWriter | None = None
         self.done = False  # the call ended (the listener must no longer cancel it)
         self.client_gone = False
 
@@ -132,11 +121,8 @@ class UpstreamCall(Response):
             self.client_gone = True
             task.cancel()
 
-    async def run(self, send: Send, writer: BodyWriter | None = None) -> None:
-        """The whole call, in the caller's task; `send` is ASGI's (or the fast lane's, which
-        also gives a `writer` for passthrough bodies)."""
-        self.writer = writer
-
+    async def run(self, send: Send) -> None:
+        """The whole call, in the caller's task."""
         async def tracked(message: Message) -> None:
             if message["type"] == "http.response.body" and not message.get("more_body", False):
                 self.done = True  # the response is over: from now on a close is not a disconnect
@@ -167,7 +153,8 @@ class UpstreamCall(Response):
                 with await ctx.engine.acquire() as lease:
                     if ctx.on_lease:
                         ctx.on_lease()
-                    upstream = await self._open(lease.upstream)
+                    # The supervisor made the engine's connections with our factory (services/core.py).
+                    upstream = await self._open(cast(UpstreamPool, lease.upstream))
                     try:
                         await self._relay(upstream, send)
                     finally:
@@ -227,19 +214,16 @@ class UpstreamCall(Response):
         is_sse = upstream.header(b"content-type").startswith(b"text/event-stream")
         tap = self.tap
         ended = False
-        if translator is None and self.writer is not None:
-            await upstream.pipe(self._piece(self.writer), self.writer.drain)
-        else:
-            async for chunk in upstream.chunks():
-                if self.ttft is None:
-                    self.ttft = time.perf_counter() - self.began
-                tap.feed(chunk)
-                if translator is None:
-                    # The last piece of a passthrough answer ends the response in the same message.
-                    ended = upstream.at_end and not is_sse
-                    await send({"type": "http.response.body", "body": chunk, "more_body": not ended})
-                elif out := translator.feed(chunk):
-                    await send({"type": "http.response.body", "body": out, "more_body": True})
+        async for chunk in upstream.chunks():
+            if self.ttft is None:
+                self.ttft = time.perf_counter() - self.began
+            tap.feed(chunk)
+            if translator is None:
+                # The last piece of a passthrough answer ends the response in the same message.
+                ended = upstream.at_end and not is_sse
+                await send({"type": "http.response.body", "body": chunk, "more_body": not ended})
+            elif out := translator.feed(chunk):
+                await send({"type": "http.response.body", "body": out, "more_body": True})
         if upstream.status < 400 and is_sse and not tap.finished():
             # An OpenAI stream always ends with "data: [DONE]"; without it the engine stopped early.
             raise UpstreamError(f"the engine for {ctx.engine.id!r} ended the stream early")
@@ -249,23 +233,11 @@ class UpstreamCall(Response):
         if upstream.status >= 400:
             self.error = tap.error_message()
 
-    def _piece(self, writer: BodyWriter) -> Callable[[bytes], bool]:
-        """What a passthrough body piece goes through on its way from the engine to the client."""
-        tap = self.tap
-
-        def piece(chunk: bytes) -> bool:
-            if self.ttft is None:
-                self.ttft = time.perf_counter() - self.began
-            tap.feed(chunk)
-            return writer.write_body(chunk)
-
-        return piece
-
     def _own_headers(self) -> list[tuple[bytes, bytes]]:
         return [(b"x-request-id", self.ctx.request_id.encode())]
 
     async def _send_error(self, send: Send, exc: LlamaControllerError) -> None:
-        response = render(self.ctx.dialect, exc)
+        response = self.ctx.render(exc)
         response.headers["x-request-id"] = self.ctx.request_id
         self.status = exc.status
         self.error = exc.message
@@ -290,7 +262,7 @@ class UpstreamCall(Response):
                 "request_id": self.ctx.request_id,
                 "model": self.ctx.engine.id,
                 "endpoint": self.ctx.endpoint,
-                "dialect": self.ctx.dialect.value,
+                "dialect": self.ctx.dialect,
                 "status": self.status or 500,
                 "prompt_tokens": prompt,
                 "completion_tokens": completion,

@@ -21,7 +21,7 @@ import asyncio
 import ssl
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import cast
 from urllib.parse import urlsplit
 
@@ -53,7 +53,6 @@ class _Connection(asyncio.Protocol):
         self.idle_since = 0.0
         self.last_data = 0.0  # loop time of the last bytes from the engine
         self.parser: httptools.HttpResponseParser | None = None
-        self.sink: Callable[[bytes], bool] | None = None  # set while piping (Response.pipe)
         self._timer: asyncio.TimerHandle | None = None
         self._reset()
 
@@ -125,10 +124,6 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     def on_body(self, body: bytes) -> None:
-        if self.sink is not None:
-            if not self.sink(body):  # the client is not keeping up: stop reading until it does
-                self._pause()
-            return
         self.chunks.append(body)
         self.buffered += len(body)
         if self.buffered > HIGH_WATER:
@@ -167,7 +162,7 @@ class _Connection(asyncio.Protocol):
 
     async def wait(self, timeout: float) -> None:
         """Until something arrives (head, body, end or error); TimeoutError after `timeout` of
-        silence from the engine (bytes handed to a sink count: the clock is `last_data`)."""
+        silence from the engine (the clock is `last_data`)."""
         waiter = self.waiter = self.loop.create_future()
         self.last_data = self.loop.time()  # silence is counted from now, or from later bytes
         self._timer = self.loop.call_later(timeout, self._check_silence, waiter, timeout)
@@ -185,7 +180,7 @@ class _Connection(asyncio.Protocol):
             return
         if quiet >= timeout:
             waiter.set_exception(TimeoutError())
-        else:  # bytes went to a sink meanwhile: the silence started later than this timer
+        else:  # bytes came meanwhile: the silence started later than this timer
             self._timer = self.loop.call_later(timeout - quiet, self._check_silence, waiter, timeout)
 
     def take(self) -> bytes:
@@ -242,27 +237,6 @@ class Response:
     def at_end(self) -> bool:
         """Everything the engine sent has been taken."""
         return self._conn.complete and not self._conn.chunks
-
-    async def pipe(self, write: Callable[[bytes], bool], drain: Callable[[], Awaitable[None]]) -> None:
-        """Hand the body to `write` piece by piece, right from the protocol callback: no task
-        switch per piece (a stream has one per token, and every switch is CPU taken from the
-        engine on a shared machine). `write` returns False when the client is not keeping up;
-        reading from the engine then pauses until `drain()` returns."""
-        conn = self._conn
-        if conn.chunks and not write(conn.take()):
-            await drain()
-        conn.sink = write
-        try:
-            while not conn.complete:
-                if conn.error is not None:
-                    raise conn.error
-                if conn.paused:
-                    await drain()
-                    conn.resume()
-                else:
-                    await conn.wait(self._timeout)
-        finally:
-            conn.sink = None
 
     async def read(self) -> bytes:
         return b"".join([chunk async for chunk in self.chunks()])

@@ -18,13 +18,12 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 
 from llamacontroller.config import ModelEntry, Settings
 from llamacontroller.errors import DrainTimeout, LlamaControllerError, ModelUnavailable, StartFailed
-from llamacontroller.proxy.upstream import UpstreamPool
 from llamacontroller.supervisor import backends, memory
 from llamacontroller.supervisor.logs import EngineLog
 from llamacontroller.supervisor.spawn import PidFiles, free_port, rss_bytes, spawn, terminate
@@ -34,6 +33,17 @@ log = logging.getLogger(__name__)
 
 Admit = Callable[["Engine"], Awaitable[None]]
 Changed = Callable[["Engine", State, State, str], None]
+
+
+class Connections(Protocol):
+    """The proxy's pooled connections to one engine address. The supervisor only makes and
+    closes them (through the `Connect` factory it is given); the proxy uses them via the lease."""
+
+    def close(self) -> None: ...
+
+
+# (base_url, headers every request carries) -> the connections to that address
+Connect = Callable[[str, list[tuple[bytes, bytes]] | None], Connections]
 
 
 class Lease:
@@ -50,7 +60,7 @@ class Lease:
         return self._engine.base_url
 
     @property
-    def upstream(self) -> UpstreamPool:
+    def upstream(self) -> Connections:
         pool = self._engine.upstream
         assert pool is not None, "a ready engine has an address"
         return pool
@@ -74,6 +84,7 @@ class Engine:
         settings: Settings,
         *,
         http: Callable[[], aiohttp.ClientSession],
+        connect: Connect,
         pidfiles: PidFiles,
         admit: Admit,
         changed: Changed,
@@ -81,6 +92,7 @@ class Engine:
         self.entry = entry
         self.settings = settings
         self._http = http
+        self._connect = connect
         self._pidfiles = pidfiles
         self._admit = admit
         self._changed_hook = changed
@@ -93,7 +105,7 @@ class Engine:
         self.pid: int | None = None
         self.port: int | None = None
         self.base_url = ""
-        self.upstream: UpstreamPool | None = None  # the proxy's connections to base_url
+        self.upstream: Connections | None = None  # the proxy's connections to base_url
         if entry.url:
             self._point_at(entry.url.rstrip("/"))
         self.started_at: float | None = None  # wall clock, for uptime
@@ -388,7 +400,7 @@ class Engine:
             self.upstream.close()
         self.base_url = base_url
         headers = [(b"authorization", b"Bearer " + api_key.encode())] if api_key else None
-        self.upstream = UpstreamPool(base_url, headers) if base_url else None
+        self.upstream = self._connect(base_url, headers) if base_url else None
 
 
 def _file_safe(model_id: str) -> str:

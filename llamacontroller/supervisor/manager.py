@@ -15,7 +15,7 @@ from typing import Any
 
 import aiohttp
 
-from llamacontroller.config import ModelEntry, ModelsConfig, Settings
+from llamacontroller.config import ModelEntry, ModelsConfig, Settings, model_key
 from llamacontroller.errors import (
     DrainTimeout,
     InsufficientMemory,
@@ -24,7 +24,7 @@ from llamacontroller.errors import (
     ModelUnavailable,
 )
 from llamacontroller.supervisor import memory
-from llamacontroller.supervisor.engine import Engine
+from llamacontroller.supervisor.engine import Connect, Engine
 from llamacontroller.supervisor.eviction import Candidate, plan_eviction
 from llamacontroller.supervisor.spawn import PidFiles
 from llamacontroller.supervisor.states import LOADED, State
@@ -34,14 +34,10 @@ log = logging.getLogger(__name__)
 TTL_TICK = 0.25
 
 
-def model_key(name: str) -> str:
-    """Names are case-insensitive, and `x` and `x:latest` are the same model (Ollama's habit)."""
-    return name.strip().lower().removesuffix(":latest")
-
-
 class Supervisor:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, connect: Connect) -> None:
         self.settings = settings
+        self._connect = connect
         self.pidfiles = PidFiles(settings.data_dir / "run")
         self.engines: dict[str, Engine] = {}
         self._names: dict[str, Engine] = {}
@@ -58,6 +54,7 @@ class Supervisor:
             entry,
             self.settings,
             http=self.http,
+            connect=self._connect,
             pidfiles=self.pidfiles,
             admit=self._admit,
             changed=self._publish,

@@ -4,20 +4,17 @@ is no session yet to hold a token."""
 from __future__ import annotations
 
 import secrets
-from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Form, Request
-from fastapi.templating import Jinja2Templates
 from starlette.responses import RedirectResponse, Response
 
-from llamacontroller.api.deps import ServicesDep, client_ip
-from llamacontroller.api.management import audit
 from llamacontroller.auth.sessions import COOKIE, CSRF_FIELD, check_csrf
 from llamacontroller.errors import Forbidden, LlamaControllerError
+from llamacontroller.services.audit import record
+from llamacontroller.web.session import ServicesDep, actor_of, templates
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
-templates = Jinja2Templates(directory=str(Path(__file__).resolve().parents[2] / "templates"))
 LOGIN_CSRF_COOKIE = "lc_login_csrf"
 
 
@@ -56,19 +53,19 @@ async def login(
         check_csrf(request.method, request.cookies.get(LOGIN_CSRF_COOKIE, ""), csrf_token)
     except Forbidden:
         return _login_page(request, "Your login form expired; please try again.", 403)
-    ip = client_ip(request)
+    actor = actor_of(request, None)
+    ip = actor.client_ip
     guard = services.login_guard
     try:
         guard.begin(username, ip)
     except LlamaControllerError as exc:
-        await audit(services, request, None, "login.failure", f"user:{username[:64]}", result="error: locked out")
+        await record(services, actor, "login.failure", f"user:{username[:64]}", result="error: locked out")
         return _login_page(request, exc.message, 429)
     user = await services.auth.authenticate_password(username, password)
     if user is None:
-        await audit(
+        await record(
             services,
-            request,
-            None,
+            actor,
             "login.failure",
             f"user:{username[:64]}",
             result="error: wrong username or password",
@@ -76,7 +73,7 @@ async def login(
         return _login_page(request, "Wrong username or password.", 401)
     guard.succeeded(username, ip)
     cookie, _csrf = await services.sessions_store.create(user, ip, request.headers.get("user-agent"))
-    await audit(services, request, None, "login.success", f"user:{user.username}")
+    await record(services, actor, "login.success", f"user:{user.username}")
     response = RedirectResponse(f"{_root(request)}/ui/", status_code=303)
     response.set_cookie(COOKIE, cookie, **_cookie_args(request))
     response.delete_cookie(LOGIN_CSRF_COOKIE, path=_root(request) or "/")
@@ -90,7 +87,8 @@ async def logout(request: Request, services: ServicesDep, csrf_token: str = Form
     if session is not None:
         check_csrf(request.method, session.csrf_token, csrf_token)
         await services.sessions_store.revoke(session.id_hash)
-        await audit(services, request, session.principal, "logout", f"user:{session.principal.username}")
+        actor = actor_of(request, session.principal)
+        await record(services, actor, "logout", f"user:{session.principal.username}")
     response = RedirectResponse(f"{_root(request)}/ui/login", status_code=303)
     response.delete_cookie(COOKIE, path=_root(request) or "/")
     return response

@@ -1,125 +1,89 @@
 """Dashboard pages under /ui. Server-rendered; every form works without JavaScript (POST, then a
-303 back), and htmx requests get the changed fragment instead. Jinja2 escapes everything."""
+303 back), and htmx requests get the changed fragment instead. Jinja2 escapes everything. Every
+action goes through the service layer (llamacontroller/services), as the management API's do."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, FastAPI, Request
-from starlette.datastructures import FormData
-from starlette.responses import RedirectResponse, Response
+from fastapi import APIRouter, Query, Request
+from fastapi import Path as PathParam
+from starlette.responses import Response
 
-from llamacontroller.api import management
-from llamacontroller.api.deps import ServicesDep
 from llamacontroller.auth.principal import SCOPES
-from llamacontroller.auth.sessions import COOKIE, CSRF_FIELD, CSRF_HEADER, SessionInfo, check_csrf
-from llamacontroller.errors import BadRequest, Forbidden, LlamaControllerError
+from llamacontroller.auth.sessions import SessionInfo
+from llamacontroller.errors import BadRequest, LlamaControllerError
+from llamacontroller.services import accounts, history
+from llamacontroller.services import models as model_service
+from llamacontroller.services.core import Services
 from llamacontroller.supervisor.memory import read_gguf
 from llamacontroller.web.charts import bar_chart
-from llamacontroller.web.login import templates
+from llamacontroller.web.session import ServicesDep, SessionDep, actor_of, back, checked_form, render
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 
-
-class LoginRequired(Exception):
-    """No valid session: browsers go to the login page, htmx gets an HX-Redirect."""
-
-
-async def current(request: Request, services: Any) -> SessionInfo:
-    cookie = request.cookies.get(COOKIE)
-    session = await services.sessions_store.lookup(cookie) if cookie else None
-    if session is None:
-        raise LoginRequired
-    return session  # type: ignore[no-any-return]
-
-
-def login_redirect(request: Request) -> Response:
-    target = f"{request.scope.get('root_path', '')}/ui/login"
-    if request.headers.get("hx-request"):
-        return Response(status_code=401, headers={"HX-Redirect": target})
-    return RedirectResponse(target, status_code=303)
-
-
-def render(request: Request, session: SessionInfo, name: str, **context: Any) -> Response:
-    root = request.scope.get("root_path", "")
-    base = {"root": root, "me": session.principal, "csrf": session.csrf_token, "path": request.url.path}
-    return templates.TemplateResponse(request, name, {**base, **context})
-
-
-async def checked_form(request: Request, session: SessionInfo) -> FormData:
-    """The posted form, after checking its CSRF token (form field, or header for htmx)."""
-    form = await request.form()
-    check_csrf(request.method, session.csrf_token, str(form.get(CSRF_FIELD) or request.headers.get(CSRF_HEADER) or ""))
-    return form
-
-
-def back(request: Request, path: str) -> Response:
-    return RedirectResponse(f"{request.scope.get('root_path', '')}/ui{path}", status_code=303)
-
-
-def require(session: SessionInfo, scope: str) -> None:
-    session.principal.require(scope)
+RowId = Annotated[int, PathParam(ge=1, le=2**31 - 1)]
+Filter = Annotated[str | None, Query(max_length=256)]
+AUDIT_PAGE = 50
 
 
 # --------------------------------------------------------------------------------- models
 
 
-def _model_rows(services: Any, session: SessionInfo) -> list[dict[str, Any]]:
+def _model_rows(services: Services, session: SessionInfo) -> list[dict[str, Any]]:
     return [m for m in services.supervisor.status() if session.principal.may_use(m["id"])]
 
 
+def _can_manage(session: SessionInfo) -> bool:
+    return "models:manage" in session.principal.scopes
+
+
 @router.get("/")
-async def models_page(request: Request, services: ServicesDep) -> Response:
-    session = await current(request, services)
-    return render(
-        request,
-        session,
-        "models.html",
-        models=_model_rows(services, session),
-        can_manage="models:manage" in session.principal.scopes,
-    )
+async def models_page(request: Request, services: ServicesDep, session: SessionDep) -> Response:
+    rows = _model_rows(services, session)
+    return render(request, session, "models.html", models=rows, can_manage=_can_manage(session))
 
 
 @router.get("/models/{model_id:path}/row")
-async def model_row(model_id: str, request: Request, services: ServicesDep) -> Response:
-    session = await current(request, services)
-    engine = services.supervisor.resolve(model_id)
+async def model_row(model_id: str, request: Request, services: ServicesDep, session: SessionDep) -> Response:
+    engine = model_service.visible_engine(services, session.principal, model_id)
     return render(
         request,
         session,
         "_model_row.html",
         m=engine.status(),
-        can_manage="models:manage" in session.principal.scopes,
+        can_manage=_can_manage(session),
         models=_model_rows(services, session),
     )
 
 
 @router.post("/models/{model_id:path}/{action}")
-async def model_action(model_id: str, action: str, request: Request, services: ServicesDep) -> Response:
-    session = await current(request, services)
+async def model_action(
+    model_id: str, action: str, request: Request, services: ServicesDep, session: SessionDep
+) -> Response:
     form = await checked_form(request, session)
-    require(session, "models:manage")
-    supervisor = services.supervisor
-    engine = supervisor.resolve(model_id)
-    principal = session.principal
+    session.principal.require("models:manage")
+    actor = actor_of(request, session.principal)
+    engine = model_service.engine_for(services, session.principal, model_id)
+    work: Awaitable[Any]
     if action == "load":
-        work: Callable[[], Awaitable[Any]] = lambda: supervisor.load(engine.id)  # noqa: E731
+        work = model_service.load(services, actor, engine.id)
     elif action == "unload":
-        work = lambda: supervisor.unload(engine.id)  # noqa: E731
+        work = model_service.unload(services, actor, engine.id)
     elif action == "switch":
-        target = supervisor.resolve(str(form.get("to_id") or ""))
-        work = lambda: supervisor.switch(engine.id, target.id)  # noqa: E731
+        target = model_service.engine_for(services, session.principal, str(form.get("to_id") or ""))
+        work = model_service.switch(services, actor, engine.id, target.id)
     else:
-        raise BadRequest(f"unknown action {action!r}")
+        raise BadRequest(f"unknown action {action[:32]!r}")
 
     async def run() -> None:
-        await management.audited(services, request, principal, f"model.{action}", engine.id, work())
+        await work
 
     # Loading can take a while: answer at once; the page follows the state over SSE.
-    supervisor.in_background(run())
+    services.supervisor.in_background(run())
     if request.headers.get("hx-request"):
         return render(
             request,
@@ -133,11 +97,8 @@ async def model_action(model_id: str, action: str, request: Request, services: S
 
 
 @router.get("/models/{model_id:path}")
-async def model_detail(model_id: str, request: Request, services: ServicesDep) -> Response:
-    session = await current(request, services)
-    engine = services.supervisor.resolve(model_id)
-    if not session.principal.may_use(engine.id):
-        raise Forbidden(f"you may not use model {engine.id!r}")
+async def model_detail(model_id: str, request: Request, services: ServicesDep, session: SessionDep) -> Response:
+    engine = model_service.visible_engine(services, session.principal, model_id)
     metadata: dict[str, Any] = {}
     if engine.entry.backend == "llamacpp" and engine.entry.path:
         try:
@@ -146,9 +107,9 @@ async def model_detail(model_id: str, request: Request, services: ServicesDep) -
             }
         except (OSError, ValueError):
             metadata = {}
-    usage: list[dict[str, Any]] = []
+    usage: list[history.UsageRow] = []
     if session.principal.is_admin:
-        usage = (await management.list_usage(services, session.principal, model=engine.id, limit=20))["entries"]
+        usage = await history.usage_entries(services, history.UsageFilter(model=engine.id), limit=20)
     return render(
         request,
         session,
@@ -157,56 +118,43 @@ async def model_detail(model_id: str, request: Request, services: ServicesDep) -
         entry=engine.entry.model_dump(),
         metadata=metadata,
         usage=usage,
-        can_manage="models:manage" in session.principal.scopes,
+        can_manage=_can_manage(session),
     )
 
 
 # --------------------------------------------------------------------------------- tokens
 
 
-async def _tokens_page(request: Request, services: Any, session: SessionInfo, created: str | None) -> Response:
-    owner = None if session.principal.is_admin else session.principal.user_id
-    rows = [management.token_public(t, u) for t, u in await services.auth.list_tokens(owner)]
-    models = [e.id for e in services.supervisor.engines.values()]
+async def _tokens_page(request: Request, services: Services, session: SessionInfo, created: str | None) -> Response:
+    actor = actor_of(request, session.principal)
+    rows = await accounts.list_tokens(services, actor, every_user=session.principal.is_admin)
+    models = [e.id for e in services.supervisor.engines.values() if session.principal.may_use(e.id)]
     return render(request, session, "tokens.html", tokens=rows, scopes=SCOPES, models=models, created=created)
 
 
 @router.get("/tokens")
-async def tokens_page(request: Request, services: ServicesDep) -> Response:
-    session = await current(request, services)
+async def tokens_page(request: Request, services: ServicesDep, session: SessionDep) -> Response:
     return await _tokens_page(request, services, session, created=None)
 
 
 @router.post("/tokens")
-async def create_token(request: Request, services: ServicesDep) -> Response:
-    session = await current(request, services)
+async def create_token(request: Request, services: ServicesDep, session: SessionDep) -> Response:
     form = await checked_form(request, session)
-    principal = session.principal
-    user = await services.auth.get_user(str(principal.username))
-    scopes = [str(s) for s in form.getlist("scope")] or None
-    models = [services.supervisor.resolve(str(m)).id for m in form.getlist("model")]
-    created = await services.auth.create_token(
-        user,
+    created = await accounts.create_token(
+        services,
+        actor_of(request, session.principal),
         str(form.get("name") or "").strip(),
-        scopes,
-        models,
-        str(form.get("expires_in") or "").strip() or None,
-        issuer=principal,
-    )
-    public = management.token_public(created.row, user.username)
-    await management.audit(
-        services, request, principal, "token.create", f"token:{created.row.id}", after=management.jsonable(public)
+        scopes=[str(s) for s in form.getlist("scope")] or None,
+        models=[services.supervisor.resolve(str(m)).id for m in form.getlist("model")],
+        expires_in=str(form.get("expires_in") or "").strip() or None,
     )
     return await _tokens_page(request, services, session, created=created.token)
 
 
 @router.post("/tokens/{token_id}/revoke")
-async def revoke_token(token_id: management.RowId, request: Request, services: ServicesDep) -> Response:
-    session = await current(request, services)
+async def revoke_token(token_id: RowId, request: Request, services: ServicesDep, session: SessionDep) -> Response:
     await checked_form(request, session)
-    owner = None if session.principal.is_admin else session.principal.user_id
-    await services.auth.revoke_token(token_id, owner_id=owner)
-    await management.audit(services, request, session.principal, "token.revoke", f"token:{token_id}")
+    await accounts.revoke_token(services, actor_of(request, session.principal), token_id)
     return back(request, "/tokens")
 
 
@@ -214,41 +162,38 @@ async def revoke_token(token_id: management.RowId, request: Request, services: S
 
 
 @router.get("/users")
-async def users_page(request: Request, services: ServicesDep) -> Response:
-    session = await current(request, services)
-    require(session, "admin")
-    users = [management.user_public(u) for u in await services.auth.list_users()]
-    return render(request, session, "users.html", users=users)
+async def users_page(request: Request, services: ServicesDep, session: SessionDep) -> Response:
+    session.principal.require("admin")
+    return render(request, session, "users.html", users=await accounts.list_users(services))
 
 
 @router.post("/users")
-async def create_user(request: Request, services: ServicesDep) -> Response:
-    session = await current(request, services)
+async def create_user(request: Request, services: ServicesDep, session: SessionDep) -> Response:
     form = await checked_form(request, session)
-    require(session, "admin")
-    body = management.UserCreate(
-        username=str(form.get("username") or ""),
-        password=str(form.get("password") or ""),
-        role=str(form.get("role") or "user"),
+    session.principal.require("admin")
+    await accounts.create_user(
+        services,
+        actor_of(request, session.principal),
+        str(form.get("username") or ""),
+        str(form.get("password") or ""),
+        str(form.get("role") or "user"),
     )
-    await management.create_user(body, request, services, session.principal)
     return back(request, "/users")
 
 
 @router.post("/users/{user_id}")
-async def update_user(user_id: management.RowId, request: Request, services: ServicesDep) -> Response:
-    session = await current(request, services)
+async def update_user(user_id: RowId, request: Request, services: ServicesDep, session: SessionDep) -> Response:
     form = await checked_form(request, session)
-    require(session, "admin")
-    changes: dict[str, Any] = {}
-    if form.get("role"):
-        changes["role"] = str(form["role"])
-    if form.get("disabled") is not None:
-        changes["disabled"] = form.get("disabled") == "true"
-    if form.get("password"):
-        changes["password"] = str(form["password"])
-    # Ends the user's dashboard sessions too (AuthStore.update_user).
-    await management.update_user(user_id, management.UserUpdate(**changes), request, services, session.principal)
+    session.principal.require("admin")
+    disabled = form.get("disabled")
+    await accounts.update_user(
+        services,
+        actor_of(request, session.principal),
+        user_id,
+        role=str(form["role"]) if form.get("role") else None,
+        disabled=None if disabled is None else disabled == "true",
+        password=str(form["password"]) if form.get("password") else None,
+    )
     return back(request, "/users")
 
 
@@ -259,38 +204,35 @@ async def update_user(user_id: management.RowId, request: Request, services: Ser
 async def audit_page(
     request: Request,
     services: ServicesDep,
-    actor: str | None = None,
-    action: str | None = None,
-    target: str | None = None,
-    since: str | None = None,
-    until: str | None = None,
-    page: int = 1,
+    session: SessionDep,
+    actor: Filter = None,
+    action: Filter = None,
+    target: Filter = None,
+    since: Filter = None,
+    until: Filter = None,
+    page: Annotated[int, Query(ge=1, le=10**6)] = 1,
 ) -> Response:
-    session = await current(request, services)
-    require(session, "admin")
-    size = 50
-    page = max(1, page)
-    result = await management.list_audit(
+    session.principal.require("admin")
+    filters = {"actor": actor, "action": action, "target": target}
+    entries = await history.audit_entries(
         services,
-        session.principal,
         actor=actor or None,
         action=action or None,
         target=target or None,
         since=_date(since, "since"),
         until=_date(until, "until"),
-        limit=size + 1,
-        offset=(page - 1) * size,
+        limit=AUDIT_PAGE + 1,
+        offset=(page - 1) * AUDIT_PAGE,
     )
-    entries = result["entries"]
-    filters = {
-        "actor": actor or "",
-        "action": action or "",
-        "target": target or "",
-        "since": since or "",
-        "until": until or "",
-    }
+    shown = {**{k: v or "" for k, v in filters.items()}, "since": since or "", "until": until or ""}
     return render(
-        request, session, "audit.html", entries=entries[:size], page=page, more=len(entries) > size, filters=filters
+        request,
+        session,
+        "audit.html",
+        entries=entries[:AUDIT_PAGE],
+        page=page,
+        more=len(entries) > AUDIT_PAGE,
+        filters=shown,
     )
 
 
@@ -304,21 +246,17 @@ def _date(value: str | None, name: str) -> datetime | None:
 
 
 @router.get("/usage")
-async def usage_page(request: Request, services: ServicesDep) -> Response:
-    session = await current(request, services)
-    require(session, "admin")
-    principal = session.principal
-    by_day = (await management.list_usage(services, principal, group_by="day"))["groups"]
-    by_model = (await management.list_usage(services, principal, group_by="model"))["groups"]
-    by_token = (await management.list_usage(services, principal, group_by="token"))["groups"]
+async def usage_page(request: Request, services: ServicesDep, session: SessionDep) -> Response:
+    session.principal.require("admin")
+    by_day = await history.usage_groups(services, "day")
+    by_model = await history.usage_groups(services, "model")
+    by_token = await history.usage_groups(services, "token")
     charts = {
-        "requests per day": bar_chart([(g["key"], g["requests"]) for g in by_day], "requests"),
-        "tokens per day": bar_chart(
-            [(g["key"], g["prompt_tokens"] + g["completion_tokens"]) for g in by_day], "tokens"
-        ),
-        "requests per model": bar_chart([(g["key"], g["requests"]) for g in by_model], "requests"),
+        "requests per day": bar_chart([(g.key, g.requests) for g in by_day], "requests"),
+        "tokens per day": bar_chart([(g.key, g.prompt_tokens + g.completion_tokens) for g in by_day], "tokens"),
+        "requests per model": bar_chart([(g.key, g.requests) for g in by_model], "requests"),
         "tokens per token": bar_chart(
-            [(f"token {g['key']}", g["prompt_tokens"] + g["completion_tokens"]) for g in by_token], "tokens"
+            [(f"token {g.key}", g.prompt_tokens + g.completion_tokens) for g in by_token], "tokens"
         ),
     }
     return render(request, session, "usage.html", charts=charts, by_model=by_model, by_token=by_token)
@@ -328,30 +266,20 @@ async def usage_page(request: Request, services: ServicesDep) -> Response:
 
 
 @router.get("/password")
-async def password_page(request: Request, services: ServicesDep) -> Response:
-    session = await current(request, services)
+async def password_page(request: Request, session: SessionDep) -> Response:
     return render(request, session, "password.html", done=False, error=None)
 
 
 @router.post("/password")
-async def change_password(request: Request, services: ServicesDep) -> Response:
-    session = await current(request, services)
+async def change_password(request: Request, services: ServicesDep, session: SessionDep) -> Response:
     form = await checked_form(request, session)
-    principal = session.principal
-    user = await services.auth.authenticate_password(str(principal.username), str(form.get("current") or ""))
-    if user is None:
-        return render(request, session, "password.html", done=False, error="The current password is wrong.")
+    actor = actor_of(request, session.principal)
     try:
-        # Every other session of this user ends; this one stays.
-        await services.auth.update_user(user.id, password=str(form.get("new") or ""), keep_session=session.id_hash)
+        changed = await accounts.change_own_password(
+            services, actor, str(form.get("current") or ""), str(form.get("new") or ""), keep_session=session.id_hash
+        )
     except LlamaControllerError as exc:
         return render(request, session, "password.html", done=False, error=exc.message)
-    await management.audit(services, request, principal, "user.password", f"user:{user.username}")
+    if not changed:
+        return render(request, session, "password.html", done=False, error="The current password is wrong.")
     return render(request, session, "password.html", done=True, error=None)
-
-
-def install(app: FastAPI) -> None:
-    async def to_login(request: Request, exc: Exception) -> Response:
-        return login_redirect(request)
-
-    app.add_exception_handler(LoginRequired, to_login)

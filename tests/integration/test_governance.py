@@ -195,15 +195,20 @@ def app_routes(ctl: Controller) -> set[tuple[str, str]]:
 
     app = create_app(load_settings(config_dir=str(ctl.root / "config"), data_dir=str(ctl.data_dir)))
     found = set()
-    pending = list(app.routes)
+    pending = [(route, "") for route in app.routes]
     while pending:
-        route = pending.pop()
+        route, prefix = pending.pop()
         if isinstance(route, APIRoute | Route):
-            found |= {(m, route.path) for m in route.methods or () if m != "HEAD"}
+            found |= {(m, prefix + route.path) for m in route.methods or () if m != "HEAD"}
         elif isinstance(route, Mount):
-            found.add(("GET", route.path + "/{path}"))
-        else:  # FastAPI >= 0.16x keeps each included router whole: walk into it
-            pending += getattr(getattr(route, "original_router", None), "routes", [])
+            found.add(("GET", prefix + route.path + "/{path}"))
+        else:
+            # FastAPI >= 0.16x keeps each included router whole: walk into it. A router's own
+            # routes carry its prefix already; the routers it includes get it from here.
+            router = getattr(route, "original_router", None)
+            for child in getattr(router, "routes", []):
+                nested = not isinstance(child, APIRoute | Route | Mount)
+                pending.append((child, prefix + router.prefix if nested else prefix))
     assert len(found) > 20
     return found
 

@@ -16,9 +16,8 @@ from hypothesis import strategies as st
 from llamacontroller.api import ollama_translate as tr
 from llamacontroller.api.deps import REQUEST_ID
 from llamacontroller.auth.store import parse_duration
-from llamacontroller.config import ModelEntry
+from llamacontroller.config import ModelEntry, model_key
 from llamacontroller.errors import BadRequest
-from llamacontroller.supervisor.manager import model_key
 
 FAST = 0.010
 # Strings built to hurt regexes: long runs of digits, units and separators, then junk.

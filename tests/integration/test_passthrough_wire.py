@@ -1,5 +1,5 @@
-"""The fast lane (api/fastlane.py) at the HTTP level: what a raw socket sees, for the cases the
-lane hands to uvicorn's ASGI path and for the ones it answers itself."""
+"""The passthrough routes (api/openai.py: Passthrough) at the HTTP level: what a raw socket sees
+for pipelined, HTTP/1.0, Expect: 100-continue, chunked and forwarded requests."""
 
 from __future__ import annotations
 
@@ -56,8 +56,8 @@ def _exchange(controller: Controller, data: bytes) -> list[tuple[int, dict[bytes
 
 
 def test_pipelined_requests_are_answered_in_order(controller: Controller) -> None:
-    # Three requests in one write: the second waits behind the first (uvicorn queues it), the
-    # third is not a lane request at all. Answers must come back in the order asked.
+    # Three requests in one write: the second waits behind the first (the server queues it), the
+    # third is not a passthrough request at all. Answers must come back in the order asked.
     data = (
         _post(controller, "/tokenize", {"model": "smollm2", "content": "one"})
         + _post(controller, "/tokenize", {"model": "smollm2", "content": "one two three four five"})
@@ -92,14 +92,14 @@ def test_expect_continue_and_keep_alive(controller: Controller) -> None:
     assert received.count(b"HTTP/1.1 200 OK\r\n") == 2  # both on one connection
 
 
-def test_chunked_body_and_bad_json_take_the_asgi_path_with_the_same_answers(controller: Controller) -> None:
+def test_chunked_body_and_bad_json(controller: Controller) -> None:
     with httpx.Client(base_url=controller.url, headers=controller.headers(), timeout=60) as client:
 
         def chunks() -> Iterator[bytes]:
             yield b'{"model": "smollm2", '
             yield b'"content": "hi"}'
 
-        chunked = client.post("/tokenize", content=chunks())  # no Content-Length: the ASGI route
+        chunked = client.post("/tokenize", content=chunks())  # no Content-Length
         assert chunked.status_code == 200 and chunked.json()["tokens"]
         broken = client.post("/tokenize", content=b"{nope")
         assert broken.status_code == 400 and broken.json()["error"]["type"] == "invalid_request_error"
@@ -117,10 +117,10 @@ def _forwarded_ip(ctl: Controller, request_id: str) -> str:
 
 def test_forwarded_for_is_ignored_unless_the_peer_is_a_configured_proxy(controller: Controller, tmp_path: Path) -> None:
     # Default: no proxy is trusted, so a local caller cannot forge its address in the logs.
-    assert _forwarded_ip(controller, "lane-forwarded-0") == "127.0.0.1"
+    assert _forwarded_ip(controller, "wire-forwarded-0") == "127.0.0.1"
     models = [model_entry("smollm2-135m", SMOLLM2, aliases=["smollm2"])]
     with running_controller(tmp_path, models=models, auth={"trusted_proxies": ["127.0.0.1"]}) as ctl:
-        assert _forwarded_ip(ctl, "lane-forwarded-1") == "203.0.113.7"
+        assert _forwarded_ip(ctl, "wire-forwarded-1") == "203.0.113.7"
 
 
 def test_empty_or_malformed_credentials_are_401_in_openai_shape(controller: Controller) -> None:

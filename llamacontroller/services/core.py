@@ -1,0 +1,113 @@
+"""What the app owns, built once in the lifespan (`open_services`); and the database-only part of
+it (`open_store`) for CLI commands that must not start a supervisor to create a user."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from dataclasses import dataclass
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from llamacontroller.auth.ratelimit import TokenLimits
+from llamacontroller.auth.sessions import LoginGuard, Sessions, secret_key
+from llamacontroller.auth.store import AuthStore
+from llamacontroller.config import Settings
+from llamacontroller.db import session as dbsession
+from llamacontroller.db.records import AuditLog, UsageWriter
+from llamacontroller.metrics import Metrics
+from llamacontroller.proxy.limits import ModelGate, QueueBudget
+from llamacontroller.proxy.upstream import UpstreamPool
+from llamacontroller.supervisor.manager import Supervisor
+
+GLOBAL_QUEUE_LIMIT = 1024
+
+
+@dataclass
+class Store:
+    """The database and what lives in it: users, tokens, the audit log."""
+
+    settings: Settings
+    db: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    auth: AuthStore
+    audit: AuditLog
+
+    async def close(self) -> None:
+        await self.db.dispose()
+
+
+@dataclass
+class Services(Store):
+    """Everything a running controller owns."""
+
+    supervisor: Supervisor
+    usage: UsageWriter
+    metrics: Metrics
+    gates: dict[str, ModelGate]
+    queue_budget: QueueBudget
+    sessions_store: Sessions
+    login_guard: LoginGuard
+    limits: TokenLimits
+
+    def gate(self, model_id: str) -> ModelGate:
+        return self.gates[model_id]
+
+    def rebuild_gates(self) -> None:
+        for engine in self.supervisor.engines.values():
+            entry = engine.entry
+            gate = self.gates.get(entry.id)
+            if gate is None or gate.limit != entry.max_concurrency or gate.queue_timeout != entry.queue_timeout:
+                self.gates[entry.id] = ModelGate(
+                    entry.id, entry.max_concurrency, entry.queue_timeout, self.queue_budget
+                )
+
+
+async def open_store(settings: Settings) -> Store:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    await asyncio.to_thread(dbsession.migrate, settings.sqlalchemy_url)
+    db = dbsession.create_engine(settings.sqlalchemy_url)
+    sessions = dbsession.sessionmaker(db)
+    auth = AuthStore(sessions, settings.auth.token_cache_ttl)
+    return Store(settings=settings, db=db, sessions=sessions, auth=auth, audit=AuditLog(sessions))
+
+
+async def open_services(settings: Settings) -> Services:
+    store = await open_store(settings)
+    # The engines reach the proxy's connection pool through this factory, not by import.
+    supervisor = Supervisor(settings, connect=UpstreamPool)
+    metrics = Metrics(supervisor)
+    services = Services(
+        settings=settings,
+        db=store.db,
+        sessions=store.sessions,
+        auth=store.auth,
+        audit=store.audit,
+        supervisor=supervisor,
+        usage=UsageWriter(store.sessions, touched=store.auth.take_touched),
+        metrics=metrics,
+        gates={},
+        queue_budget=QueueBudget(GLOBAL_QUEUE_LIMIT),
+        sessions_store=Sessions(store.sessions, settings.auth, secret_key(settings.data_dir)),
+        login_guard=LoginGuard(settings.auth.lockout_threshold, settings.auth.lockout_seconds),
+        limits=TokenLimits(),
+    )
+    services.rebuild_gates()
+    metrics.watch_usage(services.usage)
+    return services
+
+
+async def bootstrap_admin(store: Store) -> str | None:
+    """First start with an empty database: create `admin`. Returns a generated password, if any."""
+    if await store.auth.count_users() > 0:
+        return None
+    given = store.settings.admin_password.get_secret_value() if store.settings.admin_password else None
+    password = given or secrets.token_urlsafe(12)
+    await store.auth.create_user("admin", password, "admin")
+    return None if given else password
+
+
+async def check_database(store: Store) -> None:
+    async with store.db.connect() as connection:
+        await connection.execute(text("SELECT 1"))

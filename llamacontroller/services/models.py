@@ -1,0 +1,138 @@
+"""Models: what callers see of them, and the actions on them (load, unload, switch, reload).
+
+A caller restricted to some models sees and touches only those; every action is audited.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from llamacontroller.auth.principal import Principal
+from llamacontroller.config import ConfigError, load_settings
+from llamacontroller.errors import BadRequest, Forbidden, ModelNotFound
+from llamacontroller.services.audit import Actor, audited, record
+from llamacontroller.services.core import Services
+from llamacontroller.supervisor.engine import Engine
+from llamacontroller.supervisor.memory import available_bytes, gpu_inventory
+
+# What a caller without models:manage sees of a model: no paths, flags, URLs or environment.
+PUBLIC_FIELDS = {"id", "name", "backend", "aliases", "ctx_size", "embedding", "reranking"}
+
+
+class ModelInfo(BaseModel):
+    """A configured model. The fields after `state` are shown to `models:manage` only."""
+
+    id: str
+    name: str | None
+    backend: str
+    aliases: list[str]
+    ctx_size: int
+    embedding: bool
+    reranking: bool
+    state: str
+    path: str | None = None
+    url: str | None = None
+    args: list[str] = Field(default_factory=list)
+    ttl: float = 0
+    max_concurrency: int = 0
+    queue_timeout: float = 0
+    request_timeout: float = 0
+    gpus: list[int] = Field(default_factory=list)
+    start_timeout: float | None = None
+
+
+class ModelStatus(BaseModel):
+    id: str
+    name: str
+    backend: str
+    state: str
+    reason: str
+    pid: int | None
+    port: int | None
+    uptime: float | None = Field(description="Seconds since it became ready")
+    load_seconds: float | None
+    in_flight: int
+    ttl: float
+    idle_seconds: float
+    memory_estimate: int | None
+    memory_rss: int | None
+    last_error: str | None
+    last_exit_code: int | None
+    last_log: list[str] = Field(description="The engine's last lines, when it failed")
+
+
+def model_infos(services: Services, principal: Principal) -> list[ModelInfo]:
+    fields = None if "models:manage" in principal.scopes else PUBLIC_FIELDS
+    return [
+        ModelInfo(**e.entry.model_dump(include=fields, exclude={"env"}), state=e.state.value)
+        for e in services.supervisor.engines.values()
+        if principal.may_use(e.id)
+    ]
+
+
+def statuses(services: Services, principal: Principal) -> list[ModelStatus]:
+    return [ModelStatus(**s) for s in services.supervisor.status() if principal.may_use(s["id"])]
+
+
+def memory_overview(services: Services) -> dict[str, Any]:
+    return {
+        "max_loaded_models": services.settings.models.max_loaded_models,
+        "memory": {"budget": services.settings.models.memory_budget, "available": available_bytes()},
+        "gpus": gpu_inventory(),
+    }
+
+
+def engine_for(services: Services, principal: Principal | None, name: str) -> Engine:
+    """The engine a caller names; a caller restricted to other models gets a 403. (None: the
+    console, which may act on every model.)"""
+    engine = services.supervisor.resolve(name)
+    if principal is not None:
+        principal.require_model(engine.id)
+    return engine
+
+
+def visible_engine(services: Services, principal: Principal, name: str) -> Engine:
+    """The engine a caller names, as a 404 when they may not use it (reads do not confirm it exists)."""
+    engine = services.supervisor.resolve(name)
+    if not principal.may_use(engine.id):
+        raise ModelNotFound(f"model {name[:64]!r} not found", param="model")
+    return engine
+
+
+async def load(services: Services, actor: Actor, name: str) -> Engine:
+    engine = engine_for(services, actor.principal, name)
+    await audited(services, actor, "model.load", engine.id, services.supervisor.load(engine.id))
+    return engine
+
+
+async def unload(services: Services, actor: Actor, name: str) -> Engine:
+    engine = engine_for(services, actor.principal, name)
+    await audited(services, actor, "model.unload", engine.id, services.supervisor.unload(engine.id))
+    return engine
+
+
+async def switch(services: Services, actor: Actor, from_name: str | None, to_name: str) -> Engine:
+    """Stop `from_name` (every other model when None) once idle, then load `to_name`."""
+    target = engine_for(services, actor.principal, to_name)
+    source = engine_for(services, actor.principal, from_name) if from_name is not None else None
+    if source is None and actor.principal is not None and actor.principal.models:
+        # "Switch from whatever is loaded" could stop a model this token may not touch.
+        raise Forbidden("a token restricted to some models must name from_id", param="from_id")
+    action = services.supervisor.switch(source.id if source else None, target.id)
+    return await audited(services, actor, "model.switch", f"{from_name or '*'} -> {to_name}", action)
+
+
+async def reload_config(services: Services, actor: Actor) -> dict[str, list[str]]:
+    """Re-read the YAML: new models appear, removed ones stop, changed ones restart."""
+    settings = services.settings
+    try:
+        fresh = load_settings(config_dir=settings.config_dir, data_dir=settings.data_dir)
+    except ConfigError as exc:
+        await record(services, actor, "config.reload", "config", result=f"error: {exc}")
+        raise BadRequest(str(exc)) from None
+    changes = await services.supervisor.apply_models(fresh.models)
+    services.rebuild_gates()
+    await record(services, actor, "config.reload", "config", after=changes)
+    return changes
