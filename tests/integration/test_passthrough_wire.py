@@ -130,3 +130,78 @@ def test_empty_or_malformed_credentials_are_401_in_openai_shape(controller: Cont
         [(status, _, body)] = _exchange(controller, (head + "Connection: close\r\n\r\n").encode() + data)
         assert status == 401, (credential, body)
         assert json.loads(body)["error"]["type"] == "authentication_error"
+
+
+# ------------------------------------------- one front door for both kinds of route
+
+Answer = tuple[bool, int, dict[bytes, bytes]]  # (100 Continue seen, status, headers)
+
+
+def _ask(
+    controller: Controller, path: str, credential: str | None, body: bytes, *, declared: int, expect: bool
+) -> Answer:
+    """One request on its own connection. With Expect: 100-continue the body goes only after the
+    server asks for it; a body it refuses unread (or an oversize one) is never sent."""
+    lines = [f"POST {path} HTTP/1.1", f"Host: 127.0.0.1:{controller.port}", "Content-Type: application/json"]
+    lines += [credential] if credential else []
+    lines += [f"Content-Length: {declared}", "Connection: close"]
+    lines += ["Expect: 100-continue"] if expect else []
+    head = ("\r\n".join(lines) + "\r\n\r\n").encode()
+    sendable = declared == len(body)
+    continued = False
+    with socket.create_connection(("127.0.0.1", controller.port), timeout=60) as sock:
+        sock.sendall(head if expect or not sendable else head + body)
+        received = b""
+        if expect:
+            received = sock.recv(65536)
+            if received.startswith(b"HTTP/1.1 100 Continue\r\n\r\n"):
+                continued, received = True, received[len(b"HTTP/1.1 100 Continue\r\n\r\n") :]
+                sock.sendall(body)
+        while chunk := sock.recv(65536):
+            received += chunk
+    parser = h11.Connection(h11.CLIENT)
+    parser.send(h11.Request(method="POST", target="/", headers=[("Host", "x"), ("Content-Length", "0")]))
+    parser.send(h11.EndOfMessage())
+    parser.receive_data(received)
+    event = parser.next_event()
+    assert isinstance(event, h11.Response), received[:200]
+    # Date changes by the second; Content-Length follows the dialect's error body (the shapes differ
+    # on purpose: OpenAI's envelope, Ollama's {"error": ...}).
+    headers = {k: v for k, v in event.headers if k not in (b"date", b"content-length")}
+    return continued, event.status_code, headers
+
+
+def test_a_passthrough_route_and_a_fastapi_route_answer_the_front_door_matrix_alike(controller: Controller) -> None:
+    # /v1/chat/completions is served by the passthrough dispatcher, /api/chat by a FastAPI route:
+    # the same credentials, body sizes and Expect headers must get the same statuses and headers.
+    valid = controller.token()
+    manage_only = controller.token("manage-only", "admin", "--scope", "models:manage")
+    credentials = {
+        "none": (None, 401),
+        "empty X-API-Key": ("X-API-Key: ", 401),
+        "basic": ("Authorization: Basic YWRtaW46eA==", 401),
+        "unknown token": ("Authorization: Bearer lc_not-a-token", 401),
+        "no inference scope": (f"Authorization: Bearer {manage_only}", 403),
+        "valid": (f"Authorization: Bearer {valid}", 404),  # the model does not exist
+        "valid X-API-Key": (f"X-API-Key: {valid}", 404),
+    }
+    body = json.dumps({"model": "no-such-model", "messages": [{"role": "user", "content": "hi"}]}).encode()
+    oversize = 32 * 1024 * 1024 + 1
+    compared = 0
+    for name, (credential, status) in credentials.items():
+        for declared, wanted in ((len(body), status), (oversize, 413)):
+            for expect in (False, True):
+                answers = [
+                    _ask(controller, path, credential, body, declared=declared, expect=expect)
+                    for path in ("/v1/chat/completions", "/api/chat")
+                ]
+                case = (name, declared, expect)
+                assert answers[0] == answers[1], case
+                continued, got, headers = answers[0]
+                assert got == wanted, case
+                # 100 Continue only for a body the front door let through: never before the credential.
+                assert continued == (expect and wanted == 404), case
+                assert headers[b"content-type"] == b"application/json", case
+                assert (b"www-authenticate" in headers) == (wanted == 401), case
+                compared += 1
+    assert compared == len(credentials) * 4
