@@ -21,8 +21,8 @@ from starlette.requests import Request
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from llamacontroller.api.deps import get_principal
-from llamacontroller.services.core import open_services
 from llamacontroller.config import load_settings
+from llamacontroller.services.core import open_services
 
 
 def request_for(app_state: object, token: str) -> Request:

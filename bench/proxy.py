@@ -1,4 +1,6 @@
-"""Proxy overhead: direct llama-server vs LlamaController vs llama.cpp router mode, in one run.
+"""Proxy overhead: direct llama-server vs LlamaController vs llama.cpp router mode, in one run;
+optionally also the controller under granian instead of uvicorn (--granian) and the controller of
+an older commit (--baseline REV, checked out in a temporary git worktree).
 
 (a) streaming chat, max_tokens 32, at concurrency 1, 8 and 64: tokens/s, TTFT p50/p99, errors;
 (b) POST /tokenize at concurrency 16: requests/s, latency p50/p99 (and at concurrency 1, where
@@ -9,7 +11,7 @@ with the same flags (-c 2048, --threads 2). Prints one Markdown table, then wher
 per request (tokenize) or per token (stream), for the load generator, the engine and the proxy
 in front of it, read from /proc around each round.
 
-Usage: python bench/proxy.py [--rounds 3] [--seconds 4]
+Usage: python bench/proxy.py [--rounds 3] [--seconds 4] [--granian] [--baseline REV]
 """
 
 from __future__ import annotations
@@ -47,6 +49,13 @@ CHAT = {
     "stream": True,
     "ignore_eos": True,
 }
+
+
+GRANIAN = [
+    sys.executable, "-m", "granian", "--interface", "asgi", "--factory", "--loop", "uvloop", "--no-ws",
+    "--host", "127.0.0.1", "--port", "{port}", "--workers", "1", "--log-level", "warning",
+    "llamacontroller.app:from_environment",
+]  # fmt: skip
 
 
 @dataclass
@@ -227,18 +236,40 @@ def _engine_of(proxy_pid: int | None) -> int | None:
 
 @contextlib.contextmanager
 def _cpu(target: Target) -> Iterator[dict[str, float]]:
-    """CPU seconds (user + system) each process spent inside the block, filled in at its end."""
-    pids = {"load generator": os.getpid(), "engine": target.engine_pid, "proxy": target.proxy_pid}
-    processes = {name: psutil.Process(pid) for name, pid in pids.items() if pid is not None}
-    before = {name: _seconds(process) for name, process in processes.items()}
+    """CPU seconds (user + system) each process spent inside the block, filled in at its end.
+    The proxy counts with its own children (granian's worker), not with the engines it started."""
+    groups: dict[str, list[psutil.Process]] = {"load generator": [psutil.Process()]}
+    if target.engine_pid is not None:
+        groups["engine"] = [psutil.Process(target.engine_pid)]
+    if target.proxy_pid is not None:
+        proxy = psutil.Process(target.proxy_pid)
+        groups["proxy"] = [proxy, *(p for p in proxy.children(recursive=True) if p.name() != "llama-server")]
+    before = {name: _seconds(group) for name, group in groups.items()}
     spent: dict[str, float] = {}
     yield spent
-    spent.update({name: _seconds(process) - before[name] for name, process in processes.items()})
+    spent.update({name: _seconds(group) - before[name] for name, group in groups.items()})
 
 
-def _seconds(process: psutil.Process) -> float:
-    times = process.cpu_times()
-    return float(times.user + times.system)
+def _seconds(group: list[psutil.Process]) -> float:
+    total = 0.0
+    for process in group:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = process.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+@contextlib.contextmanager
+def worktree(rev: str) -> Iterator[Path]:
+    """An older commit's source, checked out beside this one (its controller runs with it on
+    PYTHONPATH, on this venv's packages)."""
+    repo = Path(__file__).resolve().parents[1]
+    path = Path(tempfile.mkdtemp(prefix="bench-baseline-")) / "src"
+    subprocess.run(["git", "-C", str(repo), "worktree", "add", "--detach", str(path), rev], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["git", "-C", str(repo), "worktree", "remove", "--force", str(path)], check=False)
 
 
 def table(results: dict[tuple[str, str], Sample], names: list[str]) -> str:
@@ -293,36 +324,47 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=4.0, help="per tokenize round")
     parser.add_argument("--only", choices=["stream", "tokenize"], help="run one workload (default: both)")
+    parser.add_argument("--granian", action="store_true", help="also the controller under granian")
+    parser.add_argument("--baseline", metavar="REV", help="also the controller of this git revision")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bench-proxy-"))
     models = [model_entry("smollm2-135m", SMOLLM2, max_concurrency=64, queue_timeout=120)]
-    with (
-        llama_server_process("-m", str(SMOLLM2)) as (direct, direct_proc),
-        router_mode() as (router, router_proc),
-        running_controller(root, models=models) as ctl,
-    ):
+    with contextlib.ExitStack() as stack:
+        direct, direct_proc = stack.enter_context(llama_server_process("-m", str(SMOLLM2)))
+        router, router_proc = stack.enter_context(router_mode())
+        controllers = {"controller": stack.enter_context(running_controller(root / "new", models=models))}
+        if args.baseline:
+            source = stack.enter_context(worktree(args.baseline))
+            env = {"PYTHONPATH": str(source)}
+            name = f"baseline {args.baseline[:10]}"
+            controllers[name] = stack.enter_context(running_controller(root / "old", models=models, extra_env=env))
+        if args.granian:
+            granian = running_controller(root / "granian", models=models, command=GRANIAN)
+            controllers["controller (granian)"] = stack.enter_context(granian)
         wait_http(direct + "/health")
-        httpx.post(
-            f"{ctl.url}/api/v1/models/load", json={"model_id": "smollm2-135m"}, headers=ctl.headers(), timeout=120
-        ).raise_for_status()
-        targets = [
-            Target("direct", direct, "smollm2-135m", engine_pid=direct_proc.pid),
-            Target("controller", ctl.url, "smollm2-135m", ctl.headers(), proxy_pid=ctl.proc.pid),
-            Target("router", router, SMOLLM2.stem, proxy_pid=router_proc.pid),
-        ]
+        targets = [Target("direct", direct, "smollm2-135m", engine_pid=direct_proc.pid)]
+        for name, ctl in controllers.items():
+            httpx.post(
+                f"{ctl.url}/api/v1/models/load", json={"model_id": "smollm2-135m"}, headers=ctl.headers(), timeout=120
+            ).raise_for_status()
+            targets.append(Target(name, ctl.url, "smollm2-135m", ctl.headers(), proxy_pid=ctl.proc.pid))
+        targets.append(Target("router", router, SMOLLM2.stem, proxy_pid=router_proc.pid))
         workloads = {args.only} if args.only else {"stream", "tokenize"}
         results = asyncio.run(measure(targets, args.rounds, args.seconds, workloads))
+    names = [t.name for t in targets]
     print(f"\nproxy benchmark: {args.rounds} interleaved rounds, SmolLM2-135M Q4_1, {os.cpu_count()} cores\n")
-    print(table(results, [t.name for t in targets]))
+    print(table(results, names))
     for workload in ("tokenize c=16", "tokenize c=1"):
         if (workload, "direct") in results:
-            added = statistics.median(results[(workload, "controller")].latency) - statistics.median(
-                results[(workload, "direct")].latency
+            base = statistics.median(results[(workload, "direct")].latency)
+            added = ", ".join(
+                f"{name} {(statistics.median(results[(workload, name)].latency) - base) * 1000:.2f} ms"
+                for name in names[1:]
             )
-            print(f"\n{workload}: p50 latency added by the controller {added * 1000:.2f} ms", end="")
+            print(f"\n{workload}: p50 latency added over direct: {added}", end="")
     print()
     print("\nCPU time per request or token, by process (user + system, from /proc):\n")
-    print(cpu_table(results, [t.name for t in targets]))
+    print(cpu_table(results, names))
 
 
 if __name__ == "__main__":

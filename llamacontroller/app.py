@@ -1,9 +1,11 @@
 """The app factory. Everything the app owns is built in the lifespan and kept in one Services
 object (services/core.py) on app.state; nothing is created at import time.
 
-The ASGI stack, outside in: the front door (api/frontdoor.py: caps, credentials, security
-headers), the passthrough dispatcher (api/openai.py: OpenAI passthrough POSTs go straight to the
-proxy), then FastAPI's routing for everything else."""
+What the server runs (`create_app`), outside in: the front door (api/frontdoor.py: body caps,
+credentials, security headers, for every request), the passthrough dispatcher (api/openai.py:
+OpenAI passthrough POSTs go straight to the proxy), then the FastAPI app (`create_api`) for
+everything else. The two pure-ASGI layers sit outside FastAPI so that a streamed token passes no
+middleware of its own."""
 
 from __future__ import annotations
 
@@ -14,11 +16,12 @@ from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
+from starlette.types import ASGIApp
 
 from llamacontroller import __version__
 from llamacontroller.api import errors, management, ollama, openai, root, system
 from llamacontroller.api.frontdoor import FrontDoor
-from llamacontroller.config import Settings
+from llamacontroller.config import Settings, load_settings
 from llamacontroller.services.core import Services, bootstrap_admin, open_services
 from llamacontroller.web import login, pages, session
 
@@ -27,7 +30,19 @@ log = logging.getLogger(__name__)
 STATIC = Path(__file__).resolve().parents[1] / "static"
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings) -> ASGIApp:
+    """The whole app, as the server runs it."""
+    api = create_api(settings)
+
+    def services() -> Services | None:
+        return getattr(api.state, "services", None)
+
+    return FrontDoor(openai.Passthrough(api, services=services), settings=settings, services=services)
+
+
+def create_api(settings: Settings) -> FastAPI:
+    """The routes (and the lifespan that builds the services). Served only behind the front door."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services = await open_services(settings)
@@ -66,11 +81,11 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(pages.router)
     session.install(app)
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
-
-    def services() -> Services | None:
-        return getattr(app.state, "services", None)
-
-    # add_middleware puts each new one outside the ones before it.
-    app.add_middleware(openai.Passthrough, services=services)
-    app.add_middleware(FrontDoor, settings=settings, services=services)
     return app
+
+
+def from_environment() -> ASGIApp:
+    """The app for an ASGI server started by its own command (`granian --interface asgi --factory
+    llamacontroller.app:from_environment`): settings from LLAMACONTROLLER_* and the config dir.
+    `llamacontroller serve` (uvicorn) is the supported way; bench/proxy.py compares the two."""
+    return create_app(load_settings())

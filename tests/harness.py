@@ -184,8 +184,15 @@ def write_config(
 
 
 def start_controller(
-    root: Path, models: list[dict[str, Any]] | None = None, *, extra_env: dict[str, str] | None = None, **config: Any
+    root: Path,
+    models: list[dict[str, Any]] | None = None,
+    *,
+    extra_env: dict[str, str] | None = None,
+    command: list[str] | None = None,
+    **config: Any,
 ) -> Controller:
+    """A controller on a free port; `command` runs it some other way than `llamacontroller serve`
+    (bench/proxy.py: another ASGI server); `{port}` in it is the port."""
     write_config(root, default_models() if models is None else models, **config)
     port = free_port()
     password = "test-admin-password"
@@ -200,7 +207,7 @@ def start_controller(
     }
     log = (root / "controller.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "llamacontroller", "serve"],
+        [part.format(port=port) for part in command] if command else [sys.executable, "-m", "llamacontroller", "serve"],
         env=env,
         cwd=root,
         stdout=log,

@@ -19,6 +19,7 @@ route was read, then refused). In order:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
@@ -26,7 +27,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llamacontroller.api.deps import MAX_BODY
-from llamacontroller.api.errors import dialect_for, render
+from llamacontroller.api.errors import dialect_for, error_response, render
 from llamacontroller.auth.principal import Principal
 from llamacontroller.auth.sessions import COOKIE, CSRF_HEADER, SAFE_METHODS, check_csrf
 from llamacontroller.config import Settings
@@ -40,6 +41,8 @@ from llamacontroller.errors import (
     Unauthenticated,
 )
 from llamacontroller.services.core import Services
+
+log = logging.getLogger(__name__)
 
 KiB, MiB = 1024, 1024 * 1024
 INFERENCE_BODY = MAX_BODY  # what the inference handlers read at most; images travel base64 in the JSON
@@ -125,6 +128,8 @@ class FrontDoor:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if self.settings.root_path:
+            scope["root_path"] = self.settings.root_path  # as FastAPI sets it, for the layers before it
         path = relative_path(scope)
         dialect = dialect_for(path)
         cap = body_cap(path)
@@ -142,6 +147,13 @@ class FrontDoor:
             return
         except _ToLogin:
             await _login_redirect(scope)(scope, receive, send)
+            return
+        except Exception:
+            # The front door sits outside FastAPI's error handlers: answer a bug here itself.
+            log.exception("unhandled error checking %s %s", scope["method"], path[:200])
+            await error_response(dialect, 500, "internal error; see the controller log", "internal_error")(
+                scope, receive, send
+            )
             return
         if principal is not None:
             scope.setdefault("state", {})["principal"] = principal

@@ -3,6 +3,7 @@ engine sent it. Only the JSON `model` field is read, to route."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -14,7 +15,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from llamacontroller.api.deps import InferenceDep, ServicesDep, parse_json_object, read_body, receive_body
 from llamacontroller.api.dispatch import Origin, dispatch
-from llamacontroller.api.errors import Dialect, render
+from llamacontroller.api.errors import Dialect, error_response, render
 from llamacontroller.api.frontdoor import header, relative_path
 from llamacontroller.auth.principal import Principal
 from llamacontroller.errors import BadRequest, LlamaControllerError
@@ -24,6 +25,7 @@ from llamacontroller.services.models import visible_engine
 from llamacontroller.supervisor.engine import Engine
 
 router = APIRouter(tags=["openai"])
+log = logging.getLogger(__name__)
 
 # What the client calls -> what the engine is asked. The llama-server extras go to the same path.
 PASSTHROUGH = {
@@ -101,16 +103,24 @@ class Passthrough:
         if path not in PASSTHROUGH or services is None or principal is None:
             await self.app(scope, receive, send)
             return
+        call: UpstreamCall | None = None
         try:
             principal.require("inference")
             body = await receive_body(receive, header(scope, b"content-length"))
             call = proxy(Origin.from_headers(scope, scope["headers"]), body, services, principal, path)
+            await call(scope, receive, send)
         except LlamaControllerError as exc:
             await render(Dialect.OPENAI, exc)(scope, receive, send)
-            return
         except ClientDisconnect:
             return  # gone before its body arrived: nobody to answer
-        await call(scope, receive, send)
+        except Exception:
+            # Outside FastAPI's error handlers (app.py): a bug is answered here, if nothing was sent yet.
+            log.exception("unhandled error on POST %s", path)
+            if call is not None and call.status:
+                raise
+            await error_response(Dialect.OPENAI, 500, "internal error; see the controller log", "internal_error")(
+                scope, receive, send
+            )
 
 
 def _make_route(path: str) -> None:

@@ -190,10 +190,10 @@ def app_routes(ctl: Controller) -> set[tuple[str, str]]:
     from fastapi.routing import APIRoute
     from starlette.routing import Mount, Route
 
-    from llamacontroller.app import create_app
+    from llamacontroller.app import create_api
     from llamacontroller.config import load_settings
 
-    app = create_app(load_settings(config_dir=str(ctl.root / "config"), data_dir=str(ctl.data_dir)))
+    app = create_api(load_settings(config_dir=str(ctl.root / "config"), data_dir=str(ctl.data_dir)))
     found = set()
     pending = [(route, "") for route in app.routes]
     while pending:
