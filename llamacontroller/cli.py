@@ -16,7 +16,7 @@ import click
 
 from llamacontroller import __version__
 from llamacontroller.config import ConfigError, Settings, load_settings
-from llamacontroller.errors import LlamaControllerError, ModelNotFound
+from llamacontroller.errors import LlamaControllerError
 
 if TYPE_CHECKING:
     from llamacontroller.services.core import Store
@@ -224,7 +224,7 @@ def tokens_create(
     for name_ in models:  # resolved as the server does, from the config alone
         entry = settings.models.entry_named(name_)
         if entry is None:
-            click.echo(f"error: {ModelNotFound(f'model {name_[:64]!r} not found').message}", err=True)
+            click.echo(f"error: model {name_[:64]!r} not found", err=True)
             sys.exit(1)
         ids.append(entry.id)
 

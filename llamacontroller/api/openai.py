@@ -109,23 +109,26 @@ class Passthrough:
             body = await receive_body(receive, header(scope, b"content-length"))
             call = proxy(Origin.from_headers(scope, scope["headers"]), body, services, principal, path)
             await call(scope, receive, send)
-        except LlamaControllerError as exc:
-            await render(Dialect.OPENAI, exc)(scope, receive, send)
         except ClientDisconnect:
             return  # gone before its body arrived: nobody to answer
-        except Exception:
-            # Outside FastAPI's error handlers (app.py): a bug is answered here, if nothing was sent yet.
-            log.exception("unhandled error on POST %s", path)
+        except Exception as exc:
             if call is not None and call.status:
-                raise
-            await error_response(Dialect.OPENAI, 500, "internal error; see the controller log", "internal_error")(
-                scope, receive, send
-            )
+                raise  # the answer has started: only closing the connection can tell the client
+            if isinstance(exc, LlamaControllerError):
+                response = render(Dialect.OPENAI, exc)
+            else:
+                # Outside FastAPI's error handlers (app.py): a bug is answered here.
+                log.exception("unhandled error on POST %s", path)
+                response = error_response(
+                    Dialect.OPENAI, 500, "internal error; see the controller log", "internal_error"
+                )
+            await response(scope, receive, send)
 
 
 def _make_route(path: str) -> None:
-    # `Passthrough` serves these paths before FastAPI routes them, with the same `proxy`; the
-    # routes declare them in the OpenAPI schema and serve them where the app runs without it.
+    # `Passthrough` serves these paths before FastAPI routes them, with the same `proxy`: the
+    # routes declare them in the OpenAPI schema (and would serve them, the same way, if a request
+    # ever reached FastAPI without passing the dispatcher).
     async def route(request: Request, services: ServicesDep, principal: InferenceDep) -> Response:
         return proxy(Origin.of(request), await read_body(request), services, principal, path)
 

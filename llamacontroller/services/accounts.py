@@ -175,9 +175,9 @@ async def create_token(
         issuer=issuer,
         trusted_frontend=trusted_frontend,
     )
-    public = TokenPublic.of(created.row, user.username)
-    await record(store, actor, "token.create", f"token:{created.row.id}", after=public.model_dump())
-    return TokenCreated(**public.model_dump(), token=created.token)
+    public = TokenPublic.of(created.row, user.username).model_dump()
+    await record(store, actor, "token.create", f"token:{created.row.id}", after=public)
+    return TokenCreated(**public, token=created.token)
 
 
 async def revoke_token(store: Store, actor: Actor, token_id: int) -> TokenPublic:

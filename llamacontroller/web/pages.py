@@ -79,11 +79,8 @@ async def model_action(
     else:
         raise BadRequest(f"unknown action {action[:32]!r}")
 
-    async def run() -> None:
-        await work
-
     # Loading can take a while: answer at once; the page follows the state over SSE.
-    services.supervisor.in_background(run())
+    services.supervisor.in_background(work)
     if request.headers.get("hx-request"):
         return render(
             request,
