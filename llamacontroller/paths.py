@@ -1,4 +1,4 @@
-"""Where things live on disk outside the config: the llama-server build cache."""
+"""Where things live on disk outside the config: the cache of built engines and made models."""
 
 from __future__ import annotations
 
@@ -18,3 +18,17 @@ def cache_dir() -> Path:
 
 def llama_server_cache_binary() -> Path:
     return cache_dir() / f"llama.cpp-{LLAMA_CPP_VERSION}" / "bin" / "llama-server"
+
+
+# The versions scripts/install-engine.sh installs; keep the two in step.
+ENGINE_VERSIONS = {"vllm": "0.32.0", "transformers": "5.24.0"}
+
+
+def engine_python(engine: str) -> Path:
+    """The python of the venv `make setup` installed `engine` into (it may not exist)."""
+    return cache_dir() / "engines" / f"{engine}-{ENGINE_VERSIONS[engine]}" / "bin" / "python"
+
+
+def demo_safetensors_dir() -> Path:
+    """Where `make setup` puts the SmolLM2 safetensors model made from the PyPI GGUF."""
+    return cache_dir() / "models" / "SmolLM2-135M-Instruct-bf16"

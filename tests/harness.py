@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "data" / "models"
 SMOLLM2 = MODELS / "SmolLM2-135M-Instruct.Q4_1.gguf"
 GEMMA3 = MODELS / "gemma-3-270m-q4_k_m.gguf"
+SMOLLM2_ST = MODELS / "SmolLM2-135M-Instruct"  # safetensors folder (make setup makes it)
 
 
 def die_with_parent() -> None:
@@ -64,14 +65,19 @@ def default_models() -> list[dict[str, Any]]:
 
 
 def engine_pids(data_dir: Path | None = None) -> list[int]:
-    """llama-servers on the machine; with data_dir, only those a controller using it started
-    (the controller marks its engines' environment with its data dir)."""
+    """llama-servers on the machine; with data_dir, every engine process (vLLM's children
+    included) a controller using it started: the controller marks its engines' environment with
+    its data dir, and their children inherit it."""
     found = []
-    for proc in psutil.process_iter(["name"]):
-        if proc.info["name"] != "llama-server":
+    me = os.getpid()
+    for proc in psutil.process_iter(["name", "status"]):
+        if proc.pid == me or proc.info["status"] == psutil.STATUS_ZOMBIE:
             continue
         try:
-            if data_dir is None or proc.environ().get("LLAMACONTROLLER_ENGINE_OF") == str(data_dir.resolve()):
+            if data_dir is None:
+                if proc.info["name"] == "llama-server":
+                    found.append(proc.pid)
+            elif proc.environ().get("LLAMACONTROLLER_ENGINE_OF") == str(data_dir.resolve()):
                 found.append(proc.pid)
         except psutil.Error:
             continue

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from starlette.types import Scope
 from llamacontroller.api.deps import REQUEST_ID
 from llamacontroller.api.errors import Dialect, render
 from llamacontroller.auth.principal import Principal
+from llamacontroller.errors import NotSupported
 from llamacontroller.proxy.call import CallContext, Translator, UpstreamCall
 from llamacontroller.services.core import Services
 
@@ -68,6 +70,11 @@ def dispatch(
 ) -> UpstreamCall:
     engine = services.supervisor.resolve(model)
     principal.require_model(engine.id)
+    if not engine.serves(upstream_path):
+        raise NotSupported(f"model {engine.id!r} ({engine.backend.name}) does not serve {upstream_path}")
+    served = engine.served_name
+    if served is not None and model != served:
+        body = renamed(body, served)
     release = services.limits.admit(principal)
 
     def record(row: dict[str, Any]) -> None:
@@ -96,5 +103,14 @@ def dispatch(
             on_lease=on_lease,
             timeout=engine.entry.request_timeout,
             upstream_stream=upstream_stream,
+            stream_done=engine.backend.stream_done,
         )
     )
+
+
+def renamed(body: bytes, model: str) -> bytes:
+    """The request with `model` set to the engine's own name for it (vLLM and `transformers
+    serve` refuse any other). Only when the client used another name: an alias, another case."""
+    payload = json.loads(body)
+    payload["model"] = model
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()

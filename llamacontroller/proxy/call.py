@@ -30,7 +30,7 @@ from llamacontroller.proxy.limits import ModelGate
 from llamacontroller.proxy.upstream import Response as UpstreamResponse
 from llamacontroller.proxy.upstream import UpstreamPool
 from llamacontroller.proxy.usage import UsageTap
-from llamacontroller.supervisor.engine import Engine
+from llamacontroller.supervisor.engine import Engine, Lease
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,7 @@ class CallContext:
     on_lease: Callable[[], None] | None = None  # e.g. Ollama's keep_alive, once the model is ready
     timeout: float = 600.0
     upstream_stream: bool | None = None  # the engine streams (SSE) even when the client did not ask to
+    stream_done: bool = True  # the engine ends its streams with `data: [DONE]` (transformers does not)
 
 
 class UpstreamCall(Response):
@@ -123,6 +124,7 @@ class UpstreamCall(Response):
 
     async def run(self, send: Send) -> None:
         """The whole call, in the caller's task."""
+
         async def tracked(message: Message) -> None:
             if message["type"] == "http.response.body" and not message.get("more_body", False):
                 self.done = True  # the response is over: from now on a close is not a disconnect
@@ -153,8 +155,7 @@ class UpstreamCall(Response):
                 with await ctx.engine.acquire() as lease:
                     if ctx.on_lease:
                         ctx.on_lease()
-                    # The supervisor made the engine's connections with our factory (services/core.py).
-                    upstream = await self._open(cast(UpstreamPool, lease.upstream))
+                    upstream = await self._open_any(lease)
                     try:
                         await self._relay(upstream, send)
                     finally:
@@ -174,6 +175,17 @@ class UpstreamCall(Response):
             await self._send_error(send, exc)
         else:
             await self._in_band(send, exc.message)
+
+    async def _open_any(self, lease: Lease) -> UpstreamResponse:
+        """Open the request on the lease's address; a remote model with several URLs moves on
+        to the next healthy one when a URL refuses the connection."""
+        while True:
+            try:
+                # The supervisor made the engine's connections with our factory (services/core.py).
+                return await self._open(cast(UpstreamPool, lease.upstream))
+            except OSError as exc:  # refused, reset, unreachable: nothing was answered
+                if not lease.fail_over(f"{type(exc).__name__}: {exc}".rstrip(": ")):
+                    raise
 
     def _open(self, pool: UpstreamPool) -> Awaitable[UpstreamResponse]:
         ctx = self.ctx
@@ -224,11 +236,14 @@ class UpstreamCall(Response):
                 await send({"type": "http.response.body", "body": chunk, "more_body": not ended})
             elif out := translator.feed(chunk):
                 await send({"type": "http.response.body", "body": out, "more_body": True})
+        tail = b""
         if upstream.status < 400 and is_sse and not tap.finished():
-            # An OpenAI stream always ends with "data: [DONE]"; without it the engine stopped early.
-            raise UpstreamError(f"the engine for {ctx.engine.id!r} ended the stream early")
+            if ctx.stream_done:
+                # An OpenAI stream always ends with "data: [DONE]"; without it the engine stopped early.
+                raise UpstreamError(f"the engine for {ctx.engine.id!r} ended the stream early")
+            tail = b"data: [DONE]\n\n"  # an engine that never says it: our clients get it all the same
         if not ended:
-            tail = translator.finish() if translator is not None else b""
+            tail = translator.finish() if translator is not None else tail
             await send({"type": "http.response.body", "body": tail})
         if upstream.status >= 400:
             self.error = tap.error_message()

@@ -5,6 +5,7 @@ A caller restricted to some models sees and touches only those; every action is 
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -34,6 +35,9 @@ class ModelInfo(BaseModel):
     state: str
     path: str | None = None
     url: str | None = None
+    urls: list[str] = Field(default_factory=list)
+    api_key_env: str | None = Field(None, description="The variable's name; its value is never shown")
+    upstream_model: str | None = None
     args: list[str] = Field(default_factory=list)
     ttl: float = 0
     max_concurrency: int = 0
@@ -41,16 +45,26 @@ class ModelInfo(BaseModel):
     request_timeout: float = 0
     gpus: list[int] = Field(default_factory=list)
     start_timeout: float | None = None
+    sleep_on_evict: bool = False
+
+
+class UpstreamStatus(BaseModel):
+    url: str
+    healthy: bool
+    in_flight: int
+    error: str | None
 
 
 class ModelStatus(BaseModel):
     id: str
     name: str
-    backend: str
+    backend: str = Field(description="The backend serving it (what `auto` chose)")
+    backend_reason: str = Field(description="Why: 'configured', or what `auto` found")
     state: str
     reason: str
     pid: int | None
     port: int | None
+    upstreams: list[UpstreamStatus] = Field(description="A remote model's URLs and their health")
     uptime: float | None = Field(description="Seconds since it became ready")
     load_seconds: float | None
     in_flight: int
@@ -80,7 +94,7 @@ def memory_overview(services: Services) -> dict[str, Any]:
     return {
         "max_loaded_models": services.settings.models.max_loaded_models,
         "memory": {"budget": services.settings.models.memory_budget, "available": available_bytes()},
-        "gpus": gpu_inventory(),
+        "gpus": [dataclasses.asdict(gpu) for gpu in gpu_inventory()],
     }
 
 

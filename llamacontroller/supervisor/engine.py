@@ -17,15 +17,15 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import aiohttp
 
 from llamacontroller.config import ModelEntry, Settings
 from llamacontroller.errors import DrainTimeout, LlamaControllerError, ModelUnavailable, StartFailed
-from llamacontroller.supervisor import backends, memory
+from llamacontroller.supervisor import backends, remote
 from llamacontroller.supervisor.logs import EngineLog
+from llamacontroller.supervisor.remote import Connect, Connections, Target
 from llamacontroller.supervisor.spawn import PidFiles, free_port, rss_bytes, spawn, terminate
 from llamacontroller.supervisor.states import TRANSITIONS, IllegalTransition, State
 
@@ -35,39 +35,53 @@ Admit = Callable[["Engine"], Awaitable[None]]
 Changed = Callable[["Engine", State, State, str], None]
 
 
-class Connections(Protocol):
-    """The proxy's pooled connections to one engine address. The supervisor only makes and
-    closes them (through the `Connect` factory it is given); the proxy uses them via the lease."""
-
-    def close(self) -> None: ...
-
-
-# (base_url, headers every request carries) -> the connections to that address
-Connect = Callable[[str, list[tuple[bytes, bytes]] | None], Connections]
+__all__ = ["Connect", "Connections", "Engine", "Lease"]
 
 
 class Lease:
-    """Permission for one request to use a ready engine. Release exactly once."""
+    """Permission for one request to use a ready engine (and, for a remote model, one of its
+    URLs). Release exactly once."""
 
-    __slots__ = ("_engine", "_released")
+    __slots__ = ("_engine", "_released", "_target")
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, target: Target | None = None) -> None:
         self._engine = engine
         self._released = False
+        self._target = target
+        if target is not None:
+            target.in_flight += 1
 
     @property
     def base_url(self) -> str:
-        return self._engine.base_url
+        return self._target.url if self._target else self._engine.base_url
 
     @property
     def upstream(self) -> Connections:
-        pool = self._engine.upstream
+        pool = self._target.upstream if self._target else self._engine.upstream
         assert pool is not None, "a ready engine has an address"
         return pool
+
+    def fail_over(self, error: str) -> bool:
+        """This lease's URL refused the connection: mark it down and move to the next healthy
+        one. False when there is none (or the model has only one address)."""
+        old = self._target
+        if old is None:
+            return False
+        old.healthy, old.error = False, error
+        log.warning("model %s: upstream %s failed (%s); failing over", self._engine.id, old.url, error)
+        new = remote.pick(self._engine.targets)
+        if new is None:
+            return False
+        old.in_flight -= 1
+        new.in_flight += 1
+        self._target = new
+        return True
 
     def release(self) -> None:
         if not self._released:
             self._released = True
+            if self._target is not None:
+                self._target.in_flight -= 1
             self._engine._release()
 
     def __enter__(self) -> Lease:
@@ -91,6 +105,7 @@ class Engine:
     ) -> None:
         self.entry = entry
         self.settings = settings
+        self.backend, self.backend_reason = backends.resolve(entry, settings)
         self._http = http
         self._connect = connect
         self._pidfiles = pidfiles
@@ -106,19 +121,14 @@ class Engine:
         self.port: int | None = None
         self.base_url = ""
         self.upstream: Connections | None = None  # the proxy's connections to base_url
-        if entry.url:
-            self._point_at(entry.url.rstrip("/"))
+        self.targets: list[Target] = []  # a remote model's URLs, made on start
         self.started_at: float | None = None  # wall clock, for uptime
         self.load_seconds: float | None = None
         self.in_flight = 0
         self.last_used = time.monotonic()
         # Set per request by Ollama's keep_alive; it governs this load only (cleared on stop).
         self.ttl_override: float | None = None
-        self.estimate_bytes = (
-            memory.estimate_bytes(Path(entry.path), entry.ctx_size)
-            if entry.backend == "llamacpp" and entry.path
-            else None
-        )
+        self.estimate_bytes = self._estimate()
 
         self._proc: asyncio.subprocess.Process | None = None
         self._start_task: asyncio.Task[None] | None = None
@@ -137,7 +147,15 @@ class Engine:
 
     @property
     def has_process(self) -> bool:
-        return self.entry.backend != "remote"
+        return self.backend.has_process
+
+    @property
+    def served_name(self) -> str | None:
+        """What the engine calls the model: the client's `model` is rewritten to it."""
+        return self.backend.served_name(self.entry)
+
+    def serves(self, upstream_path: str) -> bool:
+        return self.backend.serves(self.entry, upstream_path)
 
     @property
     def ttl(self) -> float:
@@ -151,10 +169,14 @@ class Engine:
         while True:
             if self.state is State.READY:
                 # No await between the check and the count: nothing can stop us in between.
+                target = remote.pick(self.targets) if self.targets else None
+                if self.targets and target is None:
+                    self._set(State.FAILED, self._targets_error())
+                    continue
                 self.in_flight += 1
                 self._idle.clear()
                 self.last_used = time.monotonic()
-                return Lease(self)
+                return Lease(self, target)
             if self.state is State.STOPPING:
                 await self._changed.wait()
                 continue
@@ -192,11 +214,15 @@ class Engine:
         return {
             "id": self.id,
             "name": self.entry.name or self.id,
-            "backend": self.entry.backend,
+            "backend": self.backend.name,
+            "backend_reason": self.backend_reason,
             "state": self.state.value,
             "reason": self.reason,
             "pid": self.pid,
             "port": self.port,
+            "upstreams": [
+                {"url": t.url, "healthy": t.healthy, "in_flight": t.in_flight, "error": t.error} for t in self.targets
+            ],
             "uptime": round(now - self.started_at, 1) if self.started_at and self.state is State.READY else None,
             "load_seconds": self.load_seconds,
             "in_flight": self.in_flight,
@@ -258,7 +284,10 @@ class Engine:
         began = time.monotonic()
         try:
             if not self.has_process:
-                self._set(State.READY, "remote upstream")
+                await self._connect_remote()
+                healthy = sum(t.healthy for t in self.targets)
+                self.last_error = None
+                self._set(State.READY, f"{healthy} of {len(self.targets)} upstream URL(s) healthy")
                 return
             await self._admit(self)
             await self._launch()
@@ -269,7 +298,8 @@ class Engine:
             return  # stop() cancelled the start; it owns the cleanup
         except Exception as exc:
             self.last_error = str(exc) if isinstance(exc, LlamaControllerError) else repr(exc)
-            await self._end_process()
+            if self.has_process:
+                await self._end_process()  # a remote model's URLs stay, and are probed on
             self._set(State.FAILED, self.last_error)
 
     async def _launch(self) -> None:
@@ -277,7 +307,7 @@ class Engine:
         launch = backends.build_launch(self.entry, self.settings, port)
         self.log.append("$ " + " ".join(launch.argv))
         try:
-            proc = await spawn(launch.argv, launch.env)
+            proc = await spawn(launch.argv, launch.env, cwd=launch.cwd)
         except OSError as exc:
             raise StartFailed(f"cannot run {launch.argv[0]}: {exc.strerror or exc}") from None
         self._proc, self.pid, self.port = proc, proc.pid, port
@@ -393,6 +423,8 @@ class Engine:
         self.started_at = None
         if self.has_process:
             self._point_at("")
+        else:
+            self._close_targets(stop_probing=True)
 
     def _point_at(self, base_url: str, api_key: str | None = None) -> None:
         """Where requests go. Pooled connections belong to one address: a new one gets a new pool."""
@@ -401,6 +433,69 @@ class Engine:
         self.base_url = base_url
         headers = [(b"authorization", b"Bearer " + api_key.encode())] if api_key else None
         self.upstream = self._connect(base_url, headers) if base_url else None
+
+    # ------------------------------------------------------------------------- remote
+
+    async def _connect_remote(self) -> None:
+        """Connections to each URL (with the key from api_key_env), a first probe of each, and
+        the prober that keeps their health (and the model's state) current. Raises StartFailed
+        when no URL answers."""
+        key = remote.api_key(self.entry)
+        self._close_targets()
+        headers = remote.auth_headers(key)
+        self.targets = [Target(url, self._connect(url, headers)) for url in self.entry.upstream_urls]
+        await self._probe_all(headers)
+        if not any(t.get_name().startswith("probe") and not t.cancelling() for t in self._helpers):
+            self._spawn_helper(self._keep_probing(headers), "probe")
+        if not any(t.healthy for t in self.targets):
+            raise StartFailed(self._targets_error())
+
+    def _targets_error(self) -> str:
+        return "no upstream URL is healthy: " + "; ".join(f"{t.url}: {t.error}" for t in self.targets)
+
+    async def _probe_all(self, headers: list[tuple[bytes, bytes]] | None) -> None:
+        plain = {k.decode(): v.decode() for k, v in headers or []}
+        await asyncio.gather(*(self._probe(t, plain) for t in self.targets))
+
+    async def _probe(self, target: Target, headers: dict[str, str]) -> None:
+        url = target.url + self.backend.health_path
+        try:
+            async with self._http().get(url, headers=headers, timeout=aiohttp.ClientTimeout(total=3)) as response:
+                target.healthy = response.status == 200
+                target.error = None if target.healthy else f"health check answered {response.status}"
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            target.healthy, target.error = False, f"{type(exc).__name__}: {exc}".rstrip(": ")
+
+    async def _keep_probing(self, headers: list[tuple[bytes, bytes]] | None) -> None:
+        """Every remote_health_interval: probe each URL; no healthy URL left -> failed; one
+        back -> ready again (through a start, which probes once more)."""
+        while self.targets:
+            await asyncio.sleep(self.settings.llamacpp.engines.remote_health_interval)
+            await self._probe_all(headers)
+            healthy = any(t.healthy for t in self.targets)
+            if self.state is State.READY and not healthy:
+                self.last_error = self._targets_error()
+                self._set(State.FAILED, self.last_error)
+            elif self.state is State.FAILED and healthy:
+                with contextlib.suppress(LlamaControllerError):
+                    await self.start()
+
+    def _close_targets(self, *, stop_probing: bool = False) -> None:
+        for task in list(self._helpers):
+            if stop_probing and task.get_name().startswith("probe"):
+                task.cancel()
+        for target in self.targets:
+            target.upstream.close()
+        self.targets = []
+
+    def _estimate(self) -> int | None:
+        if not self.has_process:
+            return None
+        try:
+            return self.backend.estimate(self.entry, self.settings)
+        except (OSError, ValueError) as exc:
+            log.warning("model %s: no memory estimate: %s", self.id, exc)
+            return None
 
 
 def _file_safe(model_id: str) -> str:

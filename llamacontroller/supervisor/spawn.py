@@ -62,7 +62,9 @@ def engine_environment(base: Mapping[str, str]) -> dict[str, str]:
     }
 
 
-async def spawn(argv: Sequence[str], env: Mapping[str, str] | None = None) -> asyncio.subprocess.Process:
+async def spawn(
+    argv: Sequence[str], env: Mapping[str, str] | None = None, *, cwd: str | None = None
+) -> asyncio.subprocess.Process:
     """Start argv (a list, never a shell) with stdout and stderr merged into one pipe, in a
     scrubbed environment plus `env`."""
     full_env = {**engine_environment(os.environ), **(env or {})}
@@ -72,6 +74,7 @@ async def spawn(argv: Sequence[str], env: Mapping[str, str] | None = None) -> as
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         env=full_env,
+        cwd=cwd,
         start_new_session=True,
         preexec_fn=_die_with_parent,
     )
@@ -142,9 +145,16 @@ def _runs(pid: int, argv: Sequence[str]) -> bool:
 
 
 def rss_bytes(pid: int | None) -> int | None:
+    """Resident memory of the process and all its descendants (vLLM runs as four processes)."""
     if pid is None:
         return None
     try:
-        return int(psutil.Process(pid).memory_info().rss)
+        root = psutil.Process(pid)
+        tree = [root, *root.children(recursive=True)]
     except psutil.Error:
         return None
+    total = 0
+    for proc in tree:
+        with contextlib.suppress(psutil.Error):
+            total += proc.memory_info().rss
+    return total

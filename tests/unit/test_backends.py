@@ -1,6 +1,8 @@
 """Command lines for every backend. vLLM, TGI and `transformers serve` need CUDA or downloads this
 machine cannot provide, so their commands are checked here rather than run."""
 
+from pathlib import Path
+
 from llamacontroller.config import ModelEntry, Settings
 from llamacontroller.supervisor.backends import build_launch
 
@@ -59,10 +61,63 @@ def test_hostile_args_stay_single_arguments() -> None:
     assert "/models/m.gguf; rm -rf /" in launch.argv and "$(reboot)" in launch.argv  # never a shell
 
 
-def test_vllm_tgi_transformers() -> None:
-    vllm = build_launch(ModelEntry(id="q", backend="vllm", path="Qwen/Qwen2.5-7B", ctx_size=4096), settings(), 7)
-    assert vllm.argv[:3] == ["vllm", "serve", "Qwen/Qwen2.5-7B"] and "--served-model-name" in vllm.argv
-    tgi = build_launch(ModelEntry(id="q", backend="tgi", path="/m"), settings(), 7)
-    assert tgi.argv[0] == "text-generation-launcher" and tgi.argv[5:7] == ["--port", "7"]
-    hf = build_launch(ModelEntry(id="q", backend="transformers", path="/m"), settings(), 7)
-    assert hf.argv[:2] == ["transformers", "serve"] and hf.health_path == "/v1/models"
+def test_vllm_tgi_transformers(tmp_path: Path) -> None:
+    configured = Settings(
+        data_dir=tmp_path,
+        llamacpp={
+            "engines": {
+                "vllm": {"command": ["vllm", "serve"], "kv_cache_space": "2GiB"},
+                "tgi": {"command": ["text-generation-launcher"]},
+                "transformers": {"command": ["transformers", "serve"]},
+            }
+        },
+    )
+    vllm = build_launch(ModelEntry(id="q", backend="vllm", path="/m", aliases=["Q2"], ctx_size=4096), configured, 7)
+    # vLLM forks (API server, engine core, worker): the keeper ties the whole tree to us.
+    assert vllm.argv[1:3] == ["-m", "llamacontroller.supervisor.keeper"]
+    assert vllm.argv[3:6] == ["vllm", "serve", "/m"]
+    assert vllm.argv[vllm.argv.index("--served-model-name") + 1] == "q"
+    assert vllm.env["VLLM_API_KEY"] == vllm.api_key and vllm.env["VLLM_CPU_KVCACHE_SPACE"] == "2"
+    assert "--enforce-eager" in vllm.argv  # no GPU here
+
+    module = Settings(llamacpp={"engines": {"vllm": {"command": ["/venv/python", "-m", "vllm.x"]}}})
+    argv = build_launch(ModelEntry(id="q", backend="vllm", path="/m"), module, 7).argv
+    assert argv[3:8] == ["/venv/python", "-m", "vllm.x", "--model", "/m"]
+
+    tgi = build_launch(ModelEntry(id="q", backend="tgi", path="/m", ctx_size=100), configured, 7)
+    assert tgi.argv[3:6] == ["text-generation-launcher", "--model-id", "/m"]
+    for flag in (["--port", "7"], ["--served-model-name", "q"], ["--max-total-tokens", "100"]):
+        assert any(tgi.argv[i : i + 2] == flag for i in range(len(tgi.argv)))
+
+    hf = build_launch(ModelEntry(id="org/q:v1", backend="transformers", path=str(tmp_path)), configured, 7)
+    # It names the model after the path it is given: a link named after the id, in its cwd.
+    assert hf.argv[:3] == ["transformers", "serve", "org/q:v1"] and hf.health_path == "/health"
+    assert hf.cwd and (Path(hf.cwd) / "org/q:v1").resolve() == tmp_path.resolve()
+    assert hf.env["HF_HOME"].startswith(str(tmp_path.resolve()))
+
+
+def test_what_each_backend_serves_and_calls_the_model() -> None:
+    from llamacontroller.supervisor.backends import BACKENDS
+
+    gguf = ModelEntry(id="m", path="/m.gguf")
+    assert BACKENDS["llamacpp"].served_name(gguf) is None  # llama-server ignores `model`
+    assert BACKENDS["llamacpp"].serves(gguf, "/tokenize") and not BACKENDS["llamacpp"].serves(gguf, "/v1/embeddings")
+    st = ModelEntry(id="m", backend="transformers", path="/m")
+    assert BACKENDS["transformers"].serves(st, "/v1/chat/completions")
+    assert not BACKENDS["transformers"].serves(st, "/tokenize") and not BACKENDS["transformers"].stream_done
+    assert BACKENDS["vllm"].serves(st, "/tokenize") and BACKENDS["vllm"].served_name(st) == "m"
+    far = ModelEntry(id="m", backend="remote", url="http://x", upstream_model="gpt-x")
+    assert BACKENDS["remote"].served_name(far) == "gpt-x"
+
+
+def test_auto_picks_by_what_the_path_is_and_what_is_installed(tmp_path: Path) -> None:
+    from llamacontroller.supervisor.backends import resolve
+
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    installed = Settings(llamacpp={"engines": {"vllm": {"command": ["vllm", "serve"]}}})
+    backend, reason = resolve(ModelEntry(id="m", backend="auto", path="/x/m.gguf"), installed)
+    assert backend.name == "llamacpp" and "gguf" in reason
+    backend, reason = resolve(ModelEntry(id="m", backend="auto", path=str(tmp_path)), installed)
+    assert backend.name == "vllm" and "no CUDA GPU" in reason
+    backend, _ = resolve(ModelEntry(id="m", backend="vllm", path=str(tmp_path)), installed)
+    assert backend.name == "vllm"

@@ -30,7 +30,12 @@ def copy_config(tmp_path: Path) -> Path:
 
 def test_shipped_config_validates() -> None:
     settings = load_settings(config_dir=ROOT / "config")
-    assert [m.id for m in settings.models.models] == ["smollm2-135m", "gemma3-270m"]
+    assert [m.id for m in settings.models.models] == [
+        "smollm2-135m",
+        "gemma3-270m",
+        "smollm2-135m-st",
+        "smollm2-135m-hf",
+    ]
 
 
 def test_generated_schema_is_current() -> None:
@@ -72,7 +77,7 @@ def test_environment_overrides_yaml(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert settings.models.max_loaded_models == 1
     assert settings.auth.require_api_token is False
     assert settings.llama_server_bin == "/opt/llama-server"
-    assert len(settings.models.models) == 2  # the YAML list survives a scalar override
+    assert len(settings.models.models) == 4  # the YAML list survives a scalar override
 
 
 def test_duplicate_names_across_models_rejected() -> None:
