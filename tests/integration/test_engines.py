@@ -213,7 +213,7 @@ def test_one_slot_a_long_stream_on_each_while_the_other_is_asked_for_and_kill_9_
             chat(ctl, streaming)  # loaded (evicting the other)
             results: dict[str, Any] = {}
 
-            def stream(model: str = streaming) -> None:
+            def stream(model: str = streaming, results: dict[str, Any] = results) -> None:
                 try:
                     text = "".join(
                         c.choices[0].delta.content or ""
