@@ -10,7 +10,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 if TYPE_CHECKING:
     from llamacontroller.supervisor.manager import Supervisor
 
-STATES = ("stopped", "starting", "ready", "stopping", "failed")
+STATES = ("stopped", "starting", "ready", "stopping", "failed", "sleeping")
 
 
 class _EngineCollector:

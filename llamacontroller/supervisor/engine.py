@@ -138,6 +138,8 @@ class Engine:
         self._idle = asyncio.Event()
         self._idle.set()
         self._crashes: deque[float] = deque()
+        self._launch_key: str | None = None
+        self._asleep = False  # the process lives, put to sleep (State.SLEEPING until woken)
 
     # ----------------------------------------------------------------------------- public API
 
@@ -156,6 +158,10 @@ class Engine:
 
     def serves(self, upstream_path: str) -> bool:
         return self.backend.serves(self.entry, upstream_path)
+
+    @property
+    def can_sleep(self) -> bool:
+        return self.entry.sleep_on_evict and backends.SLEEP in self.backend.capabilities(self.entry)
 
     @property
     def ttl(self) -> float:
@@ -188,8 +194,8 @@ class Engine:
             await self._changed.wait()
         if self.state is State.READY:
             return
-        if self.state in (State.STOPPED, State.FAILED):
-            self._set(State.STARTING, "requested")
+        if self.state in (State.STOPPED, State.FAILED, State.SLEEPING):
+            self._set(State.STARTING, "waking" if self._asleep else "requested")
             self._start_task = asyncio.create_task(self._run_start(), name=f"start {self.id}")
         assert self._start_task is not None
         await asyncio.shield(self._start_task)
@@ -199,14 +205,17 @@ class Engine:
         if outcome is not State.READY:
             raise ModelUnavailable(f"model {self.id!r} was unloaded while it was starting")
 
-    async def stop(self, *, drain: float, force: bool, reason: str) -> None:
-        """Unload: refuse new leases, wait up to `drain` for in-flight ones, then end the process.
+    async def stop(self, *, drain: float, force: bool, reason: str, sleep: bool = False) -> None:
+        """Unload: refuse new leases, wait up to `drain` for in-flight ones, then end the process
+        (or, with sleep, put the engine to sleep: it keeps its process and wakes on demand).
 
         With force=False a model still busy after `drain` stays loaded and DrainTimeout is
         raised: a model with requests in flight is never killed for another.
         """
         if self._stop_task is None or self._stop_task.done():
-            self._stop_task = asyncio.create_task(self._run_stop(drain, force, reason), name=f"stop {self.id}")
+            self._stop_task = asyncio.create_task(
+                self._run_stop(drain, force, reason, sleep and self.can_sleep), name=f"stop {self.id}"
+            )
         await asyncio.shield(self._stop_task)
 
     def status(self) -> dict[str, Any]:
@@ -290,7 +299,11 @@ class Engine:
                 self._set(State.READY, f"{healthy} of {len(self.targets)} upstream URL(s) healthy")
                 return
             await self._admit(self)
-            await self._launch()
+            if self._asleep:
+                await self._engine_call("/wake_up")
+                self._asleep = False
+            else:
+                await self._launch()
             self.load_seconds = round(time.monotonic() - began, 3)
             self.last_error = None
             self._set(State.READY, f"healthy after {self.load_seconds:.2f}s")
@@ -311,6 +324,7 @@ class Engine:
         except OSError as exc:
             raise StartFailed(f"cannot run {launch.argv[0]}: {exc.strerror or exc}") from None
         self._proc, self.pid, self.port = proc, proc.pid, port
+        self._launch_key = launch.api_key
         self._point_at(f"http://127.0.0.1:{port}", launch.api_key)
         self.started_at = time.time()
         self._pidfiles.record(self.id, proc.pid, launch.argv)
@@ -351,7 +365,7 @@ class Engine:
 
     async def _watch(self, proc: asyncio.subprocess.Process) -> None:
         code = await proc.wait()
-        if self._proc is not proc or self.state is not State.READY:
+        if self._proc is not proc or self.state not in (State.READY, State.SLEEPING):
             return  # an exit we caused (stop) or one the start path reports itself
         # A crash: in-flight requests see their upstream connection drop and get a 502 at once.
         self._pidfiles.forget(self.id)
@@ -382,7 +396,7 @@ class Engine:
 
     # ------------------------------------------------------------------------------ stop
 
-    async def _run_stop(self, drain: float, force: bool, reason: str) -> None:
+    async def _run_stop(self, drain: float, force: bool, reason: str, sleep: bool = False) -> None:
         while self.state is State.STOPPING:  # a stop of another kind is finishing
             await self._changed.wait()
         if self.state is State.STOPPED:
@@ -410,8 +424,29 @@ class Engine:
                         f"model {self.id!r} still has {busy} request(s) in flight after {drain:.0f}s",
                         retry_after=5,
                     ) from None
+        if sleep:
+            try:
+                await self._engine_call("/sleep?level=1")
+            except StartFailed as exc:
+                self.log.append(f"[controller] sleep failed, stopping instead: {exc}")
+            else:
+                self._asleep = True
+                self._set(State.SLEEPING, reason + " (asleep)")
+                return
         await self._end_process()
         self._set(State.STOPPED, reason)
+
+    async def _engine_call(self, path: str) -> None:
+        """POST to the engine's own control endpoint (vLLM's /sleep, /wake_up)."""
+        headers = {"Authorization": f"Bearer {self._launch_key}"} if self._launch_key else None
+        try:
+            async with self._http().post(
+                self.base_url + path, headers=headers, timeout=aiohttp.ClientTimeout(total=60)
+            ) as response:
+                if response.status != 200:
+                    raise StartFailed(f"{path} answered {response.status}: {(await response.text())[:200]}")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise StartFailed(f"{path} failed: {type(exc).__name__}: {exc}") from None
 
     async def _end_process(self) -> None:
         proc, self._proc = self._proc, None
@@ -421,6 +456,7 @@ class Engine:
         self._pidfiles.forget(self.id)
         self.pid = self.port = None
         self.started_at = None
+        self._asleep = False
         if self.has_process:
             self._point_at("")
         else:

@@ -177,7 +177,7 @@ class Supervisor:
             for victim_id in plan.victims:
                 victim = self.engines[victim_id]
                 try:
-                    await victim.stop(drain=drain, force=False, reason=f"evicted for {engine.id}")
+                    await victim.stop(drain=drain, force=False, reason=f"evicted for {engine.id}", sleep=True)
                 except DrainTimeout as exc:
                     raise ModelUnavailable(
                         f"cannot load {engine.id!r} now: {exc.message}; retry later", retry_after=10

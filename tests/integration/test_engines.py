@@ -253,3 +253,29 @@ def test_one_slot_a_long_stream_on_each_while_the_other_is_asked_for_and_kill_9_
 def with_suppressed_kill(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
+
+
+def test_sleep_on_evict_puts_vllm_to_sleep_and_wakes_it_without_a_cold_start(tmp_path: Path) -> None:
+    """On CPU vLLM's sleep frees nothing (docs/engines.md); what is tested here is the protocol:
+    evicted by /sleep (same process, state sleeping), woken by /wake_up on the next request."""
+    models = [
+        model_entry(VLLM, SMOLLM2_ST, backend="vllm", sleep_on_evict=True),
+        model_entry("smollm2-135m", SMOLLM2),
+    ]
+    with running_controller(tmp_path, models=models, max_loaded=1, llamacpp=ENGINES["llamacpp"]) as ctl:
+        chat(ctl, VLLM)
+        pid = status(ctl, VLLM)["pid"]
+        chat(ctl, "smollm2-135m")  # evicts vLLM: to sleep
+        asleep = status(ctl, VLLM)
+        assert asleep["state"] == "sleeping" and asleep["pid"] == pid
+        assert psutil.Process(pid).is_running()
+        began = time.monotonic()
+        assert chat(ctl, VLLM).choices[0].message.content  # wakes it (and evicts llama.cpp)
+        woke = time.monotonic() - began
+        awake = status(ctl, VLLM)
+        assert awake["state"] == "ready" and awake["pid"] == pid
+        assert status(ctl, "smollm2-135m")["state"] == "stopped"
+        assert woke < 15, f"waking took {woke:.1f}s"
+        with ctl.client() as client:
+            assert client.post("/api/v1/models/unload", json={"model_id": VLLM}).status_code == 200
+        assert status(ctl, VLLM)["state"] == "stopped"
