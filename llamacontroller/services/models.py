@@ -71,7 +71,9 @@ class ModelStatus(BaseModel):
     ttl: float
     idle_seconds: float
     memory_estimate: int | None
-    memory_rss: int | None
+    memory_rss: int | None = Field(description="Resident memory of the engine's whole process tree")
+    memory_vram: int | None = Field(description="Estimated GPU memory need, where it uses a GPU")
+    placement: list[int] | None = Field(description="The GPUs admission placed it on")
     last_error: str | None
     last_exit_code: int | None
     last_log: list[str] = Field(description="The engine's last lines, when it failed")

@@ -86,6 +86,11 @@ class Backend:
     def available(self, settings: Settings) -> bool:
         return True
 
+    def need(self, entry: ModelEntry, settings: Settings, estimate: int | None) -> tuple[memory.Need, float | None]:
+        """Where the memory goes (RAM, VRAM) and, for vLLM on a GPU, the share of each GPU's
+        memory it takes whatever it needs (gpu_memory_utilization)."""
+        return memory.Need(estimate or 0), None
+
 
 def _base_env(entry: ModelEntry, settings: Settings) -> dict[str, str]:
     env = {"LLAMACONTROLLER_ENGINE_OF": str(settings.data_dir.resolve()), **entry.env}
@@ -139,6 +144,17 @@ class LlamaCpp(Backend):
 
     def estimate(self, entry: ModelEntry, settings: Settings) -> int | None:
         return memory.estimate_bytes(Path(str(entry.path)), entry.ctx_size)
+
+    def need(self, entry: ModelEntry, settings: Settings, estimate: int | None) -> tuple[memory.Need, float | None]:
+        args = [*settings.llamacpp.default_args, *entry.args]
+        gpu_layers = next(
+            (args[i + 1] for i, a in enumerate(args[:-1]) if a in ("-ngl", "--n-gpu-layers", "--gpu-layers")), "0"
+        )
+        if not estimate or gpu_layers == "0" or not memory.cuda_present():
+            return memory.Need(estimate or 0), None
+        layers = int(memory.read_gguf(Path(str(entry.path))).get("block_count", 0))
+        offloaded = layers if gpu_layers in ("all", "auto") else int(gpu_layers)
+        return memory.gguf_need(estimate, layers, offloaded), None
 
 
 def llama_server_binary(settings: Settings) -> str:
@@ -207,9 +223,16 @@ class Vllm(Backend):
         folder = Path(str(entry.path))
         weights = memory.safetensors_bytes(folder)
         if not on_cpu(entry):
-            return self.RUNTIME_BYTES  # weights and KV cache live in VRAM (vram_need)
+            return self.RUNTIME_BYTES  # weights and KV cache live in VRAM (need)
         kv = settings.llamacpp.engines.vllm.kv_cache_space
         return weights + kv + self.RUNTIME_BYTES
+
+    def need(self, entry: ModelEntry, settings: Settings, estimate: int | None) -> tuple[memory.Need, float | None]:
+        if on_cpu(entry):
+            return memory.Need(estimate or 0), None
+        folder = Path(str(entry.path))
+        vram = memory.safetensors_bytes(folder) + memory.hf_kv_bytes(memory.read_hf_config(folder), entry.ctx_size)
+        return memory.Need(self.RUNTIME_BYTES, vram), settings.llamacpp.engines.vllm.gpu_memory_utilization
 
 
 def on_cpu(entry: ModelEntry) -> bool:
@@ -334,10 +357,13 @@ def keeper_argv(argv: list[str]) -> list[str]:
     return [sys.executable, "-m", "llamacontroller.supervisor.keeper", *argv]
 
 
-def build_launch(entry: ModelEntry, settings: Settings, port: int) -> Launch:
-    """The command for one start of `entry` (the keeper wrapped around it when it forks)."""
+def build_launch(entry: ModelEntry, settings: Settings, port: int, *, gpus: list[int] | None = None) -> Launch:
+    """The command for one start of `entry` (the keeper wrapped around it when it forks), on
+    the GPUs admission placed it on, unless the model names its own."""
     backend, _ = resolve(entry, settings)
     launch = backend.launch(entry, settings, port)
+    if gpus and not entry.gpus:
+        launch.env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpus)
     if not backend.forks:
         return launch
     return Launch(keeper_argv(launch.argv), launch.env, launch.health_path, launch.api_key, launch.cwd)

@@ -23,7 +23,7 @@ import aiohttp
 
 from llamacontroller.config import ModelEntry, Settings
 from llamacontroller.errors import DrainTimeout, LlamaControllerError, ModelUnavailable, StartFailed
-from llamacontroller.supervisor import backends, remote
+from llamacontroller.supervisor import backends, memory, remote
 from llamacontroller.supervisor.logs import EngineLog
 from llamacontroller.supervisor.remote import Connect, Connections, Target
 from llamacontroller.supervisor.spawn import PidFiles, free_port, rss_bytes, spawn, terminate
@@ -129,6 +129,8 @@ class Engine:
         # Set per request by Ollama's keep_alive; it governs this load only (cleared on stop).
         self.ttl_override: float | None = None
         self.estimate_bytes = self._estimate()
+        self.need, self.gpu_fraction = self._need()
+        self.placement: list[int] | None = None  # the GPUs admission chose (None: none needed)
 
         self._proc: asyncio.subprocess.Process | None = None
         self._start_task: asyncio.Task[None] | None = None
@@ -239,6 +241,8 @@ class Engine:
             "idle_seconds": round(time.monotonic() - self.last_used, 1),
             "memory_estimate": self.estimate_bytes,
             "memory_rss": self.rss(),
+            "memory_vram": self.need.vram or None,
+            "placement": self.placement,
             "last_error": self.last_error,
             "last_exit_code": self.last_exit_code,
             "last_log": [line.text for line in self.log.tail(10)] if self.state is State.FAILED else [],
@@ -317,7 +321,7 @@ class Engine:
 
     async def _launch(self) -> None:
         port = free_port()
-        launch = backends.build_launch(self.entry, self.settings, port)
+        launch = backends.build_launch(self.entry, self.settings, port, gpus=self.placement)
         self.log.append("$ " + " ".join(launch.argv))
         try:
             proc = await spawn(launch.argv, launch.env, cwd=launch.cwd)
@@ -523,6 +527,13 @@ class Engine:
         for target in self.targets:
             target.upstream.close()
         self.targets = []
+
+    def _need(self) -> tuple[memory.Need, float | None]:
+        try:
+            return self.backend.need(self.entry, self.settings, self.estimate_bytes)
+        except (OSError, ValueError) as exc:
+            log.warning("model %s: no GPU memory estimate: %s", self.id, exc)
+            return memory.Need(self.estimate_bytes or 0), None
 
     def _estimate(self) -> int | None:
         if not self.has_process:

@@ -164,7 +164,8 @@ class Supervisor:
         """Make room for `engine`: stop idle models LRU first; wait for busy ones to drain."""
         async with self._admission:
             running = [e for e in self.engines.values() if e is not engine and e.has_process and e.state in LOADED]
-            need = engine.estimate_bytes or 0
+            engine.placement = self._place(engine)
+            need = engine.need.ram
             plan = plan_eviction(
                 [Candidate(e.id, e.rss() or e.estimate_bytes or 0, e.in_flight, e.last_used) for e in running],
                 need_bytes=need,
@@ -182,6 +183,21 @@ class Supervisor:
                     raise ModelUnavailable(
                         f"cannot load {engine.id!r} now: {exc.message}; retry later", retry_after=10
                     ) from None
+
+    def _place(self, engine: Engine) -> list[int] | None:
+        """The GPUs `engine` goes on (memory.place), or InsufficientMemory; None without a GPU need.
+        Engines are not evicted for GPU memory: what NVML reports free is what there is."""
+        need, fraction = engine.need, engine.gpu_fraction
+        if need.vram <= 0 and fraction is None:
+            return None
+        gpus = memory.gpu_inventory()
+        chosen = memory.place(need, gpus, pinned=engine.entry.gpus or None, fraction=fraction)
+        if chosen is None:
+            free = ", ".join(f"GPU {g.index}: {g.free / 2**30:.1f} GiB free" for g in gpus) or "no GPU"
+            raise InsufficientMemory(
+                f"not enough GPU memory for {engine.id!r}: needs {need.vram / 2**30:.1f} GiB ({free})", retry_after=30
+            )
+        return chosen
 
     def _free_bytes(self, running: list[Engine]) -> int:
         budget = self.settings.models.memory_budget

@@ -178,7 +178,7 @@ class Need:
     vram: int = 0
 
 
-def gguf_need(total: int, weights: int, layers: int, gpu_layers: int) -> Need:
+def gguf_need(total: int, layers: int, gpu_layers: int) -> Need:
     """llama.cpp with `--n-gpu-layers N`: N of the model's layers (and their share of the
     weights and KV cache) live on the GPU, the rest in RAM. `total` is the CPU estimate."""
     if gpu_layers <= 0 or layers <= 0:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -107,9 +108,12 @@ def test_a_stream_without_done_from_transformers_reaches_the_client_ended_proper
 
 
 @pytest.mark.parametrize("model", [VLLM, "st-hf"])
-def test_ollama_client(ctl: Controller, model: str, request: pytest.FixtureRequest) -> None:
-    client = ollama.Client(host=ctl.url, headers=ctl.headers(), timeout=180)
-    request.addfinalizer(client._client.close)  # the ollama client has no close() of its own
+def test_ollama_client(ctl: Controller, model: str) -> None:
+    with ollama_client(ctl) as client:
+        check_ollama(client, model)
+
+
+def check_ollama(client: ollama.Client, model: str) -> None:
     answer = client.chat(model=model, messages=[{"role": "user", "content": "Say hello"}], options={"num_predict": 8})
     assert answer.message.content and answer.prompt_eval_count and answer.eval_count
     streamed = list(
@@ -279,3 +283,43 @@ def test_sleep_on_evict_puts_vllm_to_sleep_and_wakes_it_without_a_cold_start(tmp
         with ctl.client() as client:
             assert client.post("/api/v1/models/unload", json={"model_id": VLLM}).status_code == 200
         assert status(ctl, VLLM)["state"] == "stopped"
+
+
+def test_tgi_against_a_stand_in(tmp_path: Path) -> None:
+    """Not a real TGI (it cannot run here): tests/standins/tgi.py takes the launcher's flags and
+    speaks TGI's HTTP. What is checked: the command line, readiness through /health, the served
+    name, passthrough and translation, and that its forked "shard" dies with the controller."""
+    standin = str(Path(__file__).resolve().parents[1] / "standins" / "tgi.py")
+    models = [model_entry("tgi-model", tmp_path, backend="tgi", aliases=["tgi-alias"])]
+    config = {"engines": {"tgi": {"command": [sys.executable, standin]}}}
+    ctl = start_controller(tmp_path / "ctl", models=models, llamacpp=config)
+    try:
+        answer = chat(ctl, "TGI-ALIAS")
+        assert answer.model == "tgi-model" and answer.choices[0].message.content
+        streamed = chat(ctl, "tgi-model", stream=True, stream_options={"include_usage": True})
+        assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices).startswith("Hello")
+        row = ctl.usage_row(lambda r: r["model"] == "tgi-model")
+        assert row["prompt_tokens"] == 7 and row["completion_tokens"]
+        with ollama_client(ctl) as client:
+            assert client.chat(model="tgi-alias", messages=[{"role": "user", "content": "hi"}]).message.content
+        report = status(ctl, "tgi-model")
+        assert report["backend"] == "tgi" and report["state"] == "ready"
+        tree = engine_pids(ctl.data_dir)
+        assert len(tree) >= 3  # keeper, stand-in launcher, its shard
+        ctl.proc.send_signal(signal.SIGKILL)
+        ctl.proc.wait()
+        deadline = time.monotonic() + 5
+        while engine_pids(ctl.data_dir) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not engine_pids(ctl.data_dir)
+    finally:
+        ctl.stop(signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def ollama_client(ctl: Controller) -> Iterator[ollama.Client]:
+    client = ollama.Client(host=ctl.url, headers=ctl.headers(), timeout=180)
+    try:
+        yield client
+    finally:
+        client._client.close()  # the ollama client has no close() of its own
