@@ -133,6 +133,8 @@ def engines(runs: int) -> list[tuple[str, list[float]]]:
                 bare.append(b)
                 mgmt.post("/api/v1/models/unload", json={"model_id": entry["id"]}).raise_for_status()
                 ours.append(first_token(ctl.url, str(entry["id"]), ctl.headers()))
+                # Unloaded again, so that the next bare run has the machine to itself.
+                mgmt.post("/api/v1/models/unload", json={"model_id": entry["id"]}).raise_for_status()
             mgmt.close()
         rows += [
             (f"bare {backend}: exec to /health 200", healthy),
