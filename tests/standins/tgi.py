@@ -76,8 +76,17 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         for i, word in enumerate(words):
             last = i == len(words) - 1
-            choice = {"index": 0, "delta": {"role": "assistant", "content": word}, "finish_reason": "length" if last else None}
-            event = {**base, "object": "chat.completion.chunk", "choices": [choice], **({"usage": usage} if last else {})}
+            choice = {
+                "index": 0,
+                "delta": {"role": "assistant", "content": word},
+                "finish_reason": "length" if last else None,
+            }
+            event = {
+                **base,
+                "object": "chat.completion.chunk",
+                "choices": [choice],
+                **({"usage": usage} if last else {}),
+            }
             self.chunk(b"data: " + json.dumps(event).encode() + b"\n\n")
         self.chunk(b"data: [DONE]\n\n")
         self.chunk(b"")
@@ -90,5 +99,7 @@ class Handler(BaseHTTPRequestHandler):
 if __name__ == "__main__":
     # Like the real launcher, which starts a router and shards: a child that lives as long as we do.
     shard = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
-    print(f"stand-in TGI serving {ARGS.model_id} as {NAME} on {ARGS.hostname}:{ARGS.port}; shard {shard.pid}", flush=True)
+    print(
+        f"stand-in TGI serving {ARGS.model_id} as {NAME} on {ARGS.hostname}:{ARGS.port}; shard {shard.pid}", flush=True
+    )
     ThreadingHTTPServer((ARGS.hostname, ARGS.port), Handler).serve_forever()
