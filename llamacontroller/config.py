@@ -125,6 +125,11 @@ class ModelEntry(_Strict):
         pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
         description="backend: remote: the name of the environment variable holding the upstream's API key.",
     )
+    health_path: str | None = Field(
+        None,
+        pattern=r"^(/[^\s?#]*(\?[^\s#]*)?)?$",
+        description="backend: remote: the path probed for health (default /v1/models); '' = never probe.",
+    )
     upstream_model: str | None = Field(
         None, description="The name the engine or upstream knows the model by (default: the id)."
     )

@@ -38,6 +38,7 @@ class ModelInfo(BaseModel):
     urls: list[str] = Field(default_factory=list)
     api_key_env: str | None = Field(None, description="The variable's name; its value is never shown")
     upstream_model: str | None = None
+    health_path: str | None = None
     args: list[str] = Field(default_factory=list)
     ttl: float = 0
     max_concurrency: int = 0

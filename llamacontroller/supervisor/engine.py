@@ -484,11 +484,17 @@ class Engine:
         self._close_targets()
         headers = remote.auth_headers(key)
         self.targets = [Target(url, self._connect(url, headers)) for url in self.entry.upstream_urls]
+        if self._health_path == "":
+            return  # never probed: failures show on requests only
         await self._probe_all(headers)
         if not any(t.get_name().startswith("probe") and not t.cancelling() for t in self._helpers):
             self._spawn_helper(self._keep_probing(headers), "probe")
         if not any(t.healthy for t in self.targets):
             raise StartFailed(self._targets_error())
+
+    @property
+    def _health_path(self) -> str:
+        return self.backend.health_path if self.entry.health_path is None else self.entry.health_path
 
     def _targets_error(self) -> str:
         return "no upstream URL is healthy: " + "; ".join(f"{t.url}: {t.error}" for t in self.targets)
@@ -498,7 +504,7 @@ class Engine:
         await asyncio.gather(*(self._probe(t, plain) for t in self.targets))
 
     async def _probe(self, target: Target, headers: dict[str, str]) -> None:
-        url = target.url + self.backend.health_path
+        url = target.url + self._health_path
         try:
             async with self._http().get(url, headers=headers, timeout=aiohttp.ClientTimeout(total=3)) as response:
                 target.healthy = response.status == 200

@@ -206,7 +206,7 @@ def test_silent_engine_is_504(tmp_path: Path) -> None:
         silent.bind(("127.0.0.1", 0))
         silent.listen(16)
         url = f"http://127.0.0.1:{silent.getsockname()[1]}"
-        models = [{"id": "silent", "backend": "remote", "url": url, "request_timeout": 1}]
+        models = [{"id": "silent", "backend": "remote", "url": url, "request_timeout": 1, "health_path": ""}]
         with running_controller(tmp_path, models=models) as ctl:
             began = time.monotonic()
             response = httpx.post(
@@ -224,7 +224,9 @@ def test_unreachable_engine_is_502(tmp_path: Path) -> None:
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
         url = f"http://127.0.0.1:{closed.getsockname()[1]}"  # bound, not listening: refused
-        with running_controller(tmp_path, models=[{"id": "gone", "backend": "remote", "url": url}]) as ctl:
+        with running_controller(
+            tmp_path, models=[{"id": "gone", "backend": "remote", "url": url, "health_path": ""}]
+        ) as ctl:
             response = httpx.post(
                 f"{ctl.url}/v1/completions", json={"model": "gone", "prompt": "x"}, headers=ctl.headers()
             )
@@ -249,7 +251,9 @@ def test_answer_cut_short_ends_the_connection(tmp_path: Path) -> None:
 
         threading.Thread(target=serve, daemon=True).start()
         url = f"http://127.0.0.1:{short.getsockname()[1]}"
-        with running_controller(tmp_path, models=[{"id": "short", "backend": "remote", "url": url}]) as ctl:
+        with running_controller(
+            tmp_path, models=[{"id": "short", "backend": "remote", "url": url, "health_path": ""}]
+        ) as ctl:
             with pytest.raises(httpx.RemoteProtocolError):
                 httpx.post(f"{ctl.url}/tokenize", json={"model": "short"}, headers=ctl.headers(), timeout=30)
             # the controller is fine afterwards

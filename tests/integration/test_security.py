@@ -284,8 +284,8 @@ def test_a_remote_upstream_cannot_set_headers_or_get_a_request_twice(tmp_path: P
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}"
     models = [
-        {"id": "hostile", "backend": "remote", "url": url},
-        {"id": "closer", "backend": "remote", "url": url + "/close"},
+        {"id": "hostile", "backend": "remote", "url": url, "health_path": ""},
+        {"id": "closer", "backend": "remote", "url": url + "/close", "health_path": ""},
     ]
     try:
         with running_controller(tmp_path, models=models) as ctl, ctl.client() as client:
