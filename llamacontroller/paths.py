@@ -20,6 +20,11 @@ def llama_server_cache_binary() -> Path:
     return cache_dir() / f"llama.cpp-{LLAMA_CPP_VERSION}" / "bin" / "llama-server"
 
 
+def file_safe(model_id: str) -> str:
+    """A model id as one file name (logs, served-name links)."""
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in model_id)
+
+
 # The versions scripts/install-engine.sh installs; keep the two in step.
 ENGINE_VERSIONS = {"vllm": "0.32.0", "transformers": "5.24.0"}
 

@@ -26,7 +26,7 @@ from typing import ClassVar
 
 from llamacontroller.config import ModelEntry, Settings
 from llamacontroller.errors import StartFailed
-from llamacontroller.paths import engine_python, llama_server_cache_binary
+from llamacontroller.paths import engine_python, file_safe, llama_server_cache_binary
 from llamacontroller.supervisor import memory
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,17 @@ class Backend:
     forks: ClassVar[bool] = False  # starts child processes: run under the keeper
     stream_done: ClassVar[bool] = True  # ends an SSE stream with `data: [DONE]`
     health_path: ClassVar[str] = "/health"
+    missing: ClassVar[str] = ""  # what to tell a user whose command is not found
+
+    def command(self, settings: Settings) -> list[str] | None:
+        """How to run the engine; None when it is not installed."""
+        return []
+
+    def required_command(self, settings: Settings) -> list[str]:
+        command = self.command(settings)
+        if command is None:
+            raise StartFailed(self.missing)
+        return command
 
     def capabilities(self, entry: ModelEntry) -> frozenset[str]:
         return frozenset({CHAT, COMPLETIONS})
@@ -84,7 +95,7 @@ class Backend:
         return None
 
     def available(self, settings: Settings) -> bool:
-        return True
+        return self.command(settings) is not None
 
     def need(self, entry: ModelEntry, settings: Settings, estimate: int | None) -> tuple[memory.Need, float | None]:
         """Where the memory goes (RAM, VRAM) and, for vLLM on a GPU, the share of each GPU's
@@ -168,6 +179,7 @@ def llama_server_binary(settings: Settings) -> str:
 class Vllm(Backend):
     name = "vllm"
     forks = True
+    missing = "vLLM is not installed: run `make setup` or set engines.vllm.command"
     # Measured here (docs/benchmarks.md): vLLM's processes hold ~2.1 GB beyond weights and KV
     # cache on CPU (torch, the API server, engine core and worker each import it).
     RUNTIME_BYTES = 2100 * 1024**2
@@ -187,13 +199,8 @@ class Vllm(Backend):
         found = shutil.which("vllm")
         return [found, "serve"] if found else None
 
-    def available(self, settings: Settings) -> bool:
-        return self.command(settings) is not None
-
     def launch(self, entry: ModelEntry, settings: Settings, port: int) -> Launch:
-        command = self.command(settings)
-        if command is None:
-            raise StartFailed("vLLM is not installed: run `make setup` or set engines.vllm.command")
+        command = self.required_command(settings)
         model = [str(entry.path)] if command[-1] == "serve" else ["--model", str(entry.path)]
         argv = [
             *command,
@@ -242,6 +249,7 @@ def on_cpu(entry: ModelEntry) -> bool:
 
 class Transformers(Backend):
     name = "transformers"
+    missing = "transformers is not installed: run `make setup` or set engines.transformers.command"
     stream_done = False  # its streams end without `data: [DONE]`: normal for it
     # Measured here: torch, transformers and uvicorn in one process, beyond weights and KV cache.
     RUNTIME_BYTES = 450 * 1024**2
@@ -254,17 +262,12 @@ class Transformers(Backend):
         found = str(script) if script.exists() else shutil.which("transformers")
         return [found, "serve"] if found else None
 
-    def available(self, settings: Settings) -> bool:
-        return self.command(settings) is not None
-
     def launch(self, entry: ModelEntry, settings: Settings, port: int) -> Launch:
-        command = self.command(settings)
-        if command is None:
-            raise StartFailed("transformers is not installed: run `make setup` or set engines.transformers.command")
+        command = self.required_command(settings)
         name = str(self.served_name(entry))
         # It names the model after the path it is given: give it a link named `name`, relative to
         # a folder of ours, so that clients see the model's name and never our file system.
-        names = (settings.data_dir / "run" / "served" / _file_safe(entry.id)).resolve()
+        names = (settings.data_dir / "run" / "served" / file_safe(entry.id)).resolve()
         link = names / name
         link.parent.mkdir(parents=True, exist_ok=True)
         link.unlink(missing_ok=True)
@@ -284,6 +287,7 @@ class Tgi(Backend):
     follow `text-generation-launcher --help`, and the tests use a stand-in speaking its HTTP."""
 
     name = "tgi"
+    missing = "text-generation-launcher is not installed; set engines.tgi.command"
     forks = True  # the launcher starts a router and one shard per GPU
 
     def capabilities(self, entry: ModelEntry) -> frozenset[str]:
@@ -294,13 +298,8 @@ class Tgi(Backend):
         found = shutil.which("text-generation-launcher")
         return configured or ([found] if found else None)
 
-    def available(self, settings: Settings) -> bool:
-        return self.command(settings) is not None
-
     def launch(self, entry: ModelEntry, settings: Settings, port: int) -> Launch:
-        command = self.command(settings)
-        if command is None:
-            raise StartFailed("text-generation-launcher is not installed; set engines.tgi.command")
+        command = self.required_command(settings)
         argv = [
             *command,
             "--model-id",
@@ -367,7 +366,3 @@ def build_launch(entry: ModelEntry, settings: Settings, port: int, *, gpus: list
     if not backend.forks:
         return launch
     return Launch(keeper_argv(launch.argv), launch.env, launch.health_path, launch.api_key, launch.cwd)
-
-
-def _file_safe(model_id: str) -> str:
-    return "".join(c if c.isalnum() or c in "._-" else "_" for c in model_id)

@@ -23,6 +23,7 @@ import aiohttp
 
 from llamacontroller.config import ModelEntry, Settings
 from llamacontroller.errors import DrainTimeout, LlamaControllerError, ModelUnavailable, StartFailed
+from llamacontroller.paths import file_safe
 from llamacontroller.supervisor import backends, memory, remote
 from llamacontroller.supervisor.logs import EngineLog
 from llamacontroller.supervisor.remote import Connect, Connections, Target
@@ -106,12 +107,15 @@ class Engine:
         self.entry = entry
         self.settings = settings
         self.backend, self.backend_reason = backends.resolve(entry, settings)
+        # Asked on every request: worked out once here.
+        self.capabilities = self.backend.capabilities(entry)
+        self.served_name = self.backend.served_name(entry)  # the client's `model` is rewritten to it
         self._http = http
         self._connect = connect
         self._pidfiles = pidfiles
         self._admit = admit
         self._changed_hook = changed
-        self.log = EngineLog(entry.id, settings.data_dir / "logs" / f"{_file_safe(entry.id)}.log")
+        self.log = EngineLog(entry.id, settings.data_dir / "logs" / f"{file_safe(entry.id)}.log")
 
         self.state = State.STOPPED
         self.reason = ""
@@ -153,17 +157,12 @@ class Engine:
     def has_process(self) -> bool:
         return self.backend.has_process
 
-    @property
-    def served_name(self) -> str | None:
-        """What the engine calls the model: the client's `model` is rewritten to it."""
-        return self.backend.served_name(self.entry)
-
     def serves(self, upstream_path: str) -> bool:
-        return self.backend.serves(self.entry, upstream_path)
+        return backends.PATHS.get(upstream_path, backends.CHAT) in self.capabilities
 
     @property
     def can_sleep(self) -> bool:
-        return self.entry.sleep_on_evict and backends.SLEEP in self.backend.capabilities(self.entry)
+        return self.entry.sleep_on_evict and backends.SLEEP in self.capabilities
 
     @property
     def ttl(self) -> float:
@@ -549,7 +548,3 @@ class Engine:
         except (OSError, ValueError) as exc:
             log.warning("model %s: no memory estimate: %s", self.id, exc)
             return None
-
-
-def _file_safe(model_id: str) -> str:
-    return "".join(c if c.isalnum() or c in "._-" else "_" for c in model_id)
