@@ -23,6 +23,7 @@ from llamacontroller.api import errors, management, ollama, openai, root, system
 from llamacontroller.api.frontdoor import FrontDoor
 from llamacontroller.config import Settings, load_settings
 from llamacontroller.services.core import Services, bootstrap_admin, open_services
+from llamacontroller.services.models import start_models
 from llamacontroller.web import login, pages, session
 
 log = logging.getLogger(__name__)
@@ -52,11 +53,14 @@ def create_api(settings: Settings) -> FastAPI:
             print(f"\n  Created user 'admin' with password: {generated}\n  Change it after logging in.\n", flush=True)
         await services.supervisor.start()
         services.usage.start()
+        watcher = await start_models(services)
         app.state.services = services
         log.info("LlamaController ready with %d model(s)", len(services.supervisor.engines))
         try:
             yield
         finally:
+            watcher.cancel()
+            await services.catalog.close()
             await services.supervisor.close()
             await services.usage.close()
             await services.close()

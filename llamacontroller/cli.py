@@ -274,18 +274,22 @@ def tokens_revoke(token_id: int) -> None:
 
 @main.group()
 def models() -> None:
-    """List, load and unload models on a running controller (LLAMACONTROLLER_TOKEN)."""
+    """List, load, unload, pull, convert and delete models on a running controller (LLAMACONTROLLER_TOKEN)."""
 
 
-def _api(method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-    import httpx
-
+def _controller() -> tuple[str, dict[str, str]]:
     settings = _settings()
     url = os.environ.get("LLAMACONTROLLER_URL") or f"http://{settings.host}:{settings.port}{settings.root_path}"
     token = os.environ.get("LLAMACONTROLLER_TOKEN")
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return url, {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def _api(method: str, path: str, body: dict[str, Any] | None = None, params: dict[str, Any] | None = None) -> Any:
+    import httpx
+
+    url, headers = _controller()
     try:
-        response = httpx.request(method, url + path, json=body, headers=headers, timeout=600)
+        response = httpx.request(method, url + path, json=body, params=params, headers=headers, timeout=600)
     except httpx.HTTPError as exc:
         click.echo(f"error: cannot reach the controller at {url}: {exc}", err=True)
         sys.exit(1)
@@ -321,4 +325,92 @@ def models_load(model_id: str) -> None:
 def models_unload(model_id: str) -> None:
     """Unload a model after its in-flight requests finish."""
     status = _api("POST", "/api/v1/models/unload", {"model_id": model_id})
+    click.echo(f"{status['id']}: {status['state']}")
+
+
+@models.command("pull")
+@click.argument("source")
+@click.option("--revision", default="main", show_default=True, help="Branch, tag or commit on the Hub.")
+@click.option("--no-wait", is_flag=True, help="Start the download and return (follow it with `models jobs`).")
+def models_pull(source: str, revision: str, no_wait: bool) -> None:
+    """Download SOURCE from the Hugging Face Hub: org/repo, org/repo:QUANT or org/repo:file.gguf."""
+    job = _api("POST", "/api/v1/models/pull", {"source": source, "revision": revision})
+    click.echo(f"job {job['id']}: {job['source']} -> model {job['model_id']}", err=True)
+    if not no_wait:
+        _follow(job)
+
+
+@models.command("convert")
+@click.argument("model_id")
+@click.option("--type", "outtype", type=click.Choice(["f16", "q8_0", "q4_k_m"]), default="q8_0", show_default=True)
+@click.option("--no-wait", is_flag=True, help="Start the conversion and return.")
+def models_convert(model_id: str, outtype: str, no_wait: bool) -> None:
+    """Convert a safetensors model to a GGUF file (served by llama-server) at --type."""
+    job = _api("POST", "/api/v1/models/convert", {"model_id": model_id, "type": outtype})
+    click.echo(f"job {job['id']}: {job['source']} -> model {job['model_id']}", err=True)
+    if not no_wait:
+        _follow(job)
+
+
+def _follow(job: dict[str, Any]) -> None:
+    """A progress bar fed by the job's server-sent events; exits 1 unless the job is done."""
+    import httpx
+
+    url, headers = _controller()
+    last = job
+    bar_options: dict[str, Any] = {"label": job["source"][:40], "show_eta": True, "file": sys.stderr}
+    with click.progressbar(length=max(1, job["total"]), **bar_options) as bar:
+        try:
+            with httpx.stream(
+                "GET", f"{url}/api/v1/jobs/{job['id']}", params={"follow": "true"}, headers=headers, timeout=60
+            ) as response:
+                for line in response.iter_lines():
+                    if not line.startswith("data: "):
+                        continue
+                    last = json.loads(line[6:])
+                    bar.update(max(0, last["bytes"] - bar.pos))
+        except httpx.HTTPError as exc:
+            click.echo(f"\nerror: lost the controller at {url}: {exc} (the job goes on there)", err=True)
+            sys.exit(1)
+    if last["state"] != "done":
+        click.echo(f"error: {last['state']}: {last.get('error') or ''}", err=True)
+        sys.exit(1)
+    click.echo(last["model_id"])
+
+
+@models.command("jobs")
+def models_jobs() -> None:
+    """Pulls and conversions, newest first."""
+    for job in _api("GET", "/api/v1/jobs")["jobs"]:
+        share = f"{job['progress'] * 100:.0f}%"
+        click.echo(f"{job['id']}\t{job['kind']}\t{job['state']}\t{share}\t{job['source']}\t{job.get('error') or ''}")
+
+
+@models.command("cancel")
+@click.argument("job_id")
+def models_cancel(job_id: str) -> None:
+    """Cancel a pull or a conversion."""
+    job = _api("DELETE", f"/api/v1/jobs/{job_id}")
+    click.echo(f"{job['id']}: {job['state']}")
+
+
+@models.command("delete")
+@click.argument("model_id")
+@click.option("--force", is_flag=True, help="Unload it first if it is loaded.")
+def models_delete(model_id: str, force: bool) -> None:
+    """Delete a pulled, converted or scanned model and its files."""
+    from urllib.parse import quote
+
+    result = _api("DELETE", f"/api/v1/models/{quote(model_id, safe='/:')}", params={"force": force} if force else None)
+    for path in result["files"]:
+        click.echo(f"deleted {path}")
+
+
+@models.command("switch")
+@click.argument("from_id")
+@click.argument("to_id")
+def models_switch(from_id: str, to_id: str) -> None:
+    """Stop FROM_ID once its in-flight requests finish, then load TO_ID ('*' for FROM_ID: every other)."""
+    body = {"to_id": to_id, **({"from_id": from_id} if from_id != "*" else {})}
+    status = _api("POST", "/api/v1/models/switch", body)
     click.echo(f"{status['id']}: {status['state']}")

@@ -196,6 +196,20 @@ class ModelsConfig(_Strict):
         "auto", description="Bytes (or '8GiB') engines may use; auto = available RAM (or VRAM)."
     )
     models: list[ModelEntry] = Field(default_factory=list, description="The models clients can ask for.")
+    scan_interval: float = Field(
+        5.0,
+        ge=0,
+        description="Seconds between looks at models_dir for GGUF files and safetensors folders "
+        "added or removed (they become models); 0 = only at start and on reload.",
+    )
+    hf_endpoint: str | None = Field(
+        None,
+        pattern=r"^https?://[^\s/?#]+[^\s?#]*$",
+        description="Hugging Face Hub URL for pulls; default HF_ENDPOINT, else https://huggingface.co.",
+    )
+    hf_token: SecretStr | None = Field(
+        None, description="Token for gated and private repositories; default HF_TOKEN. Never logged or shown."
+    )
 
     @field_validator("memory_budget", mode="before")
     @classmethod

@@ -17,6 +17,7 @@ Each API dialect renders them in one place (api/errors.py). The tree:
     │   ├── InsufficientMemory     admission refused it
     │   └── DrainTimeout           a busy model could not be stopped in time
     ├── NotSupported               a known route this server does not offer yet (501)
+    ├── InsufficientStorage        no disk space for a download or a conversion (507)
     ├── UpstreamError              the engine failed mid-request (502)
     └── UpstreamTimeout            the engine did not answer in time (504)
 """
@@ -100,6 +101,11 @@ class DrainTimeout(ModelUnavailable):
 class NotSupported(LlamaControllerError):
     status = 501
     code = "not_supported"
+
+
+class InsufficientStorage(LlamaControllerError):
+    status = 507
+    code = "insufficient_storage"
 
 
 class UpstreamError(LlamaControllerError):

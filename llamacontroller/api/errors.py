@@ -69,7 +69,9 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         411: "A chunked body where a Content-Length is needed",
         413: "Request body too large",
         429: "Over a limit; retry later",
+        502: "The Hugging Face Hub failed or sent a file that does not match its digest",
         503: "The model or the database cannot serve now",
+        507: "Not enough disk space for a download or a conversion",
     }.items()
 }
 

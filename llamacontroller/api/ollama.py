@@ -6,21 +6,27 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from llamacontroller.api import ollama_translate as tr
 from llamacontroller.api.deps import InferenceDep, ServicesDep, actor_of, parse_json_object, read_body
 from llamacontroller.api.dispatch import Origin, dispatch
 from llamacontroller.api.errors import Dialect
 from llamacontroller.auth.principal import Principal
-from llamacontroller.errors import BadRequest, NotSupported
+from llamacontroller.catalog import hub
+from llamacontroller.catalog.hub import Plan
+from llamacontroller.catalog.jobs import Job, JobState
+from llamacontroller.errors import BadRequest, UpstreamError
+from llamacontroller.services import catalog
 from llamacontroller.services.audit import record
+from llamacontroller.services.core import Services
 from llamacontroller.supervisor.engine import Engine
 from llamacontroller.supervisor.memory import read_gguf
 
@@ -313,13 +319,70 @@ async def embeddings(request: Request, services: ServicesDep, principal: Inferen
     return _call(request, services, principal, engine, "/v1/embeddings", upstream, translator)
 
 
+# --------------------------------------------------------------------------- pull, delete
+
+
 @router.post("/api/pull")
-async def pull(principal: InferenceDep) -> Response:
-    raise NotSupported(
-        "pulling models is not supported yet: add the GGUF file to config/models-config.yaml and reload the config"
-    )
+async def pull(request: Request, services: ServicesDep, principal: InferenceDep) -> Response:
+    """`hf.co/org/repo:QUANT` from the Hugging Face Hub, streaming Ollama's progress statuses."""
+    principal.require("models:manage")
+    body = parse_json_object(await read_body(request))
+    name = body.get("model") or body.get("name")
+    if not isinstance(name, str) or not name:
+        raise BadRequest("model is required", param="model")
+    if not name.lower().startswith(("hf.co/", "huggingface.co/", "https://hf.co/", "https://huggingface.co/")):
+        raise BadRequest(f"only Hugging Face models can be pulled here: hf.co/org/repo:QUANT, not {name[:80]!r}")
+    actor = actor_of(request, principal)
+    source = hub.parse_source(name)
+    have = services.catalog.by_source(source.name)
+    job = None if have else services.catalog.active_job(source.name) or await catalog.pull(services, actor, name)
+    if body.get("stream", True) is False:
+        if job is not None:
+            async for _ in services.catalog.follow(job.id, interval=0.5):
+                pass
+            _raise_failed(job)
+        return JSONResponse({"status": "success"})
+    return StreamingResponse(_pull_statuses(services, job), media_type="application/x-ndjson")
+
+
+async def _pull_statuses(services: Services, job: Job | None) -> AsyncIterator[bytes]:
+    def line(data: dict[str, Any]) -> bytes:
+        return json.dumps(data).encode() + b"\n"
+
+    yield line({"status": "pulling manifest"})
+    if job is not None:
+        files = Plan.from_json(dict(job.plan)).files
+        sent: dict[str, int] = {}
+        async for view in services.catalog.follow(job.id):
+            before = 0
+            for f in files:  # files come one after another: the job's bytes fill them in order
+                completed = max(0, min(f.size, view["bytes"] - before))
+                before += f.size
+                if (completed == 0 and f.path not in sent) or sent.get(f.path) == completed:
+                    continue
+                sent[f.path] = completed
+                digest = f.sha256 or hashlib.sha256(f.path.encode()).hexdigest()
+                status = {"status": f"pulling {digest[:12]}", "digest": f"sha256:{digest}"}
+                yield line({**status, "total": f.size, "completed": completed})
+        if job.state is not JobState.DONE:
+            yield line({"error": job.error or f"pull {job.state.value}"})
+            return
+        yield line({"status": "verifying sha256 digest"})
+        yield line({"status": "writing manifest"})
+    yield line({"status": "success"})
+
+
+def _raise_failed(job: Job) -> None:
+    if job.state is not JobState.DONE:
+        raise UpstreamError(job.error or f"pull {job.state.value}")
 
 
 @router.delete("/api/delete")
-async def delete(principal: InferenceDep) -> Response:
-    raise NotSupported("deleting models is not supported yet: remove the entry from config/models-config.yaml")
+async def delete(request: Request, services: ServicesDep, principal: InferenceDep) -> Response:
+    principal.require("models:manage")
+    body = parse_json_object(await read_body(request))
+    name = body.get("model") or body.get("name")
+    if not isinstance(name, str) or not name:
+        raise BadRequest("model is required", param="model")
+    await catalog.delete(services, actor_of(request, principal), name)
+    return Response(status_code=200)

@@ -1,4 +1,5 @@
-"""Tables: users, API tokens, audit log, usage log. Changes go through Alembic migrations."""
+"""Tables: users, API tokens, audit log, usage log, sessions, the model catalog. Changes go through
+Alembic migrations."""
 
 from __future__ import annotations
 
@@ -99,3 +100,38 @@ class WebSession(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
     client_ip: Mapped[str | None] = mapped_column(String(64))
     user_agent: Mapped[str | None] = mapped_column(String(256))
+
+
+class CatalogModel(Base):
+    """A model the controller fetched or made (a pull or a conversion), beside the YAML ones."""
+
+    __tablename__ = "catalog_models"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    origin: Mapped[str] = mapped_column(String(16))  # pulled | converted
+    source: Mapped[str] = mapped_column(String(256))  # hf.co/org/repo:QUANT, or the model converted
+    backend: Mapped[str] = mapped_column(String(16))
+    path: Mapped[str] = mapped_column(Text)  # the GGUF file, or the safetensors folder
+    files: Mapped[dict[str, Any]] = mapped_column()  # {"paths": [every file it owns], "args", "aliases"}
+    size: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_by: Mapped[str | None] = mapped_column(String(64))
+
+
+class CatalogJob(Base):
+    """A pull or a conversion. Unfinished ones resume when the controller starts."""
+
+    __tablename__ = "catalog_jobs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # pull | convert
+    source: Mapped[str] = mapped_column(String(256))
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    plan: Mapped[dict[str, Any]] = mapped_column()  # what to fetch or make, decided when it was submitted
+    done_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    total_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    model_id: Mapped[str | None] = mapped_column(String(128), default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_by: Mapped[str | None] = mapped_column(String(64))

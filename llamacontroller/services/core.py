@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -13,7 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from llamacontroller.auth.ratelimit import TokenLimits
 from llamacontroller.auth.sessions import LoginGuard, Sessions, secret_key
 from llamacontroller.auth.store import AuthStore
-from llamacontroller.config import Settings
+from llamacontroller.catalog.jobs import Catalog
+from llamacontroller.config import ModelsConfig, Settings
 from llamacontroller.db import session as dbsession
 from llamacontroller.db.records import AuditLog, UsageWriter
 from llamacontroller.metrics import Metrics
@@ -50,6 +51,11 @@ class Services(Store):
     sessions_store: Sessions
     login_guard: LoginGuard
     limits: TokenLimits
+    catalog: Catalog = field(init=False)
+    yaml_models: ModelsConfig = field(init=False)  # the models as models-config.yaml lists them
+    scanned: set[str] = field(default_factory=set)  # ids of the models a scan of models_dir found
+    models_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    models_version: int = 0  # grows when models appear or go (the dashboard redraws its list)
 
     def gate(self, model_id: str) -> ModelGate:
         return self.gates[model_id]
@@ -92,6 +98,13 @@ async def open_services(settings: Settings) -> Services:
         sessions_store=Sessions(store.sessions, settings.auth, secret_key(settings.data_dir)),
         login_guard=LoginGuard(settings.auth.lockout_threshold, settings.auth.lockout_seconds),
         limits=TokenLimits(),
+    )
+    services.yaml_models = settings.models
+    services.catalog = Catalog(
+        settings,
+        store.sessions,
+        store.audit,
+        taken=supervisor.has,
     )
     services.rebuild_gates()
     metrics.watch_usage(services.usage)

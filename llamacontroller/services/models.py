@@ -1,22 +1,32 @@
 """Models: what callers see of them, and the actions on them (load, unload, switch, reload).
 
 A caller restricted to some models sees and touches only those; every action is audited.
+
+The models the supervisor runs are the YAML's, then the catalog's (pulled and converted, kept in
+the database), then what a scan of models_dir finds (`catalog.scan.merge`). Every change to one
+of the three goes through `apply_models`, one at a time.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import logging
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field
 
 from llamacontroller.auth.principal import Principal
-from llamacontroller.config import ConfigError, load_settings
+from llamacontroller.catalog.scan import merge, scan, signature
+from llamacontroller.config import ConfigError, ModelsConfig, load_settings
 from llamacontroller.errors import BadRequest, Forbidden, ModelNotFound
 from llamacontroller.services.audit import Actor, audited, record
 from llamacontroller.services.core import Services
 from llamacontroller.supervisor.engine import Engine
 from llamacontroller.supervisor.memory import available_bytes, gpu_inventory
+
+log = logging.getLogger(__name__)
 
 # What a caller without models:manage sees of a model: no paths, flags, URLs or environment.
 PUBLIC_FIELDS = {"id", "name", "backend", "aliases", "ctx_size", "embedding", "reranking"}
@@ -149,7 +159,63 @@ async def reload_config(services: Services, actor: Actor) -> dict[str, list[str]
     except ConfigError as exc:
         await record(services, actor, "config.reload", "config", result=f"error: {exc}")
         raise BadRequest(str(exc)) from None
-    changes = await services.supervisor.apply_models(fresh.models)
-    services.rebuild_gates()
+    changes = await apply_models(services, fresh.models)
     await record(services, actor, "config.reload", "config", after=changes)
     return changes
+
+
+# ------------------------------------------------------------------ the models the supervisor runs
+
+
+async def apply_models(services: Services, yaml_models: ModelsConfig | None = None) -> dict[str, list[str]]:
+    """Merge the YAML (`yaml_models`, or the last one read), the catalog and a fresh scan, and
+    hand the result to the supervisor: new models appear, removed ones stop, changed ones restart."""
+    async with services.models_lock:
+        if yaml_models is not None:
+            services.yaml_models = yaml_models
+        models_dir = Path(services.yaml_models.models_dir).absolute()
+        found = await asyncio.to_thread(scan, models_dir)
+        merged = merge(services.yaml_models, services.catalog.entries(), found)
+        kept = {id(entry) for entry in merged.models}  # a scanned model the YAML shadows is not one
+        services.scanned = {entry.id for entry in found if id(entry) in kept}
+        changes = await services.supervisor.apply_models(merged)
+        services.rebuild_gates()
+        if any(changes.values()):
+            services.models_version += 1
+        return changes
+
+
+async def watch_models_dir(services: Services) -> None:
+    """Rescan models_dir every `scan_interval` seconds and apply what changed."""
+    last = await asyncio.to_thread(signature, Path(services.yaml_models.models_dir))
+    while True:
+        interval = services.yaml_models.scan_interval
+        await asyncio.sleep(interval or 5.0)
+        if not interval:
+            continue
+        try:
+            now = await asyncio.to_thread(signature, Path(services.yaml_models.models_dir))
+            if now != last:
+                changes = await apply_models(services)
+                last = now
+                if any(changes.values()):
+                    log.info("models_dir changed: %s", changes)
+        except Exception:
+            log.exception("rescanning models_dir failed; trying again in %gs", interval)
+
+
+async def start_models(services: Services) -> asyncio.Task[None]:
+    """At start: the catalog's models and unfinished jobs from the database, a scan of
+    models_dir, then the task that keeps watching it (the caller cancels it at the end)."""
+    services.catalog.changed = lambda: apply_models(services)
+    await services.catalog.start()
+    await apply_models(services)
+    return asyncio.create_task(watch_models_dir(services), name="models-dir")
+
+
+def origin(services: Services, model_id: str) -> str:
+    """Where a model comes from: config, pulled, converted or scanned."""
+    made = services.catalog.origin(model_id)
+    if made:
+        return made
+    return "scanned" if model_id in services.scanned else "config"

@@ -102,6 +102,9 @@ class Supervisor:
             raise ModelNotFound(f"model {shown!r} not found", param="model")
         return engine
 
+    def has(self, name: str) -> bool:
+        return model_key(name) in self._names
+
     def status(self) -> list[dict[str, Any]]:
         return [engine.status() for engine in self.engines.values()]
 

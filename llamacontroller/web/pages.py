@@ -4,6 +4,7 @@ action goes through the service layer (llamacontroller/services), as the managem
 
 from __future__ import annotations
 
+import html
 from collections.abc import Awaitable
 from datetime import datetime
 from pathlib import Path
@@ -16,8 +17,9 @@ from starlette.responses import Response
 from llamacontroller.auth.principal import SCOPES
 from llamacontroller.auth.sessions import SessionInfo
 from llamacontroller.errors import BadRequest, LlamaControllerError
-from llamacontroller.services import accounts, history
+from llamacontroller.services import accounts, catalog, history
 from llamacontroller.services import models as model_service
+from llamacontroller.services.audit import Actor
 from llamacontroller.services.core import Services
 from llamacontroller.supervisor.memory import read_gguf
 from llamacontroller.web.charts import bar_chart
@@ -34,7 +36,11 @@ AUDIT_PAGE = 50
 
 
 def _model_rows(services: Services, session: SessionInfo) -> list[dict[str, Any]]:
-    return [m for m in services.supervisor.status() if session.principal.may_use(m["id"])]
+    return [
+        {**m, "origin": model_service.origin(services, m["id"])}
+        for m in services.supervisor.status()
+        if session.principal.may_use(m["id"])
+    ]
 
 
 def _can_manage(session: SessionInfo) -> bool:
@@ -44,7 +50,24 @@ def _can_manage(session: SessionInfo) -> bool:
 @router.get("/")
 async def models_page(request: Request, services: ServicesDep, session: SessionDep) -> Response:
     rows = _model_rows(services, session)
-    return render(request, session, "models.html", models=rows, can_manage=_can_manage(session))
+    jobs = catalog.jobs(services)[:20] if _can_manage(session) else []
+    return render(
+        request,
+        session,
+        "models.html",
+        models=rows,
+        can_manage=_can_manage(session),
+        jobs=jobs,
+        active=any(j["state"] in ("queued", "running") for j in jobs),
+        version=services.models_version,
+        error=None,
+    )
+
+
+@router.get("/models-table")
+async def models_table(request: Request, services: ServicesDep, session: SessionDep) -> Response:
+    rows = _model_rows(services, session)
+    return render(request, session, "_models_table.html", models=rows, can_manage=_can_manage(session))
 
 
 @router.get("/models/{model_id:path}/row")
@@ -54,7 +77,7 @@ async def model_row(model_id: str, request: Request, services: ServicesDep, sess
         request,
         session,
         "_model_row.html",
-        m=engine.status(),
+        m={**engine.status(), "origin": model_service.origin(services, engine.id)},
         can_manage=_can_manage(session),
         models=_model_rows(services, session),
     )
@@ -68,6 +91,8 @@ async def model_action(
     session.principal.require("models:manage")
     actor = actor_of(request, session.principal)
     engine = model_service.engine_for(services, session.principal, model_id)
+    if action == "delete":
+        return await _delete(request, services, actor, engine.id)
     work: Awaitable[Any]
     if action == "load":
         work = model_service.load(services, actor, engine.id)
@@ -90,6 +115,76 @@ async def model_action(
             can_manage=True,
             models=_model_rows(services, session),
         )
+    return back(request, "/")
+
+
+async def _delete(request: Request, services: Services, actor: Actor, model_id: str) -> Response:
+    """Delete a model and its files (the page asked for confirmation); an error shows above the table."""
+    try:
+        await catalog.delete(services, actor, model_id)
+    except LlamaControllerError as exc:
+        if not request.headers.get("hx-request"):
+            raise
+        headers = {"HX-Retarget": "#flash", "HX-Reswap": "innerHTML"}
+        return Response(html.escape(exc.message), media_type="text/html", headers=headers)
+    if request.headers.get("hx-request"):
+        return Response("", media_type="text/html")
+    return back(request, "/")
+
+
+# ----------------------------------------------------------------------------- pulls, jobs
+
+
+def _jobs(request: Request, services: Services, session: SessionInfo, error: str | None = None) -> Response:
+    jobs = catalog.jobs(services)[:20]
+    response = render(
+        request,
+        session,
+        "_jobs.html",
+        jobs=jobs,
+        active=any(j["state"] in ("queued", "running") for j in jobs),
+        version=services.models_version,
+        error=error,
+    )
+    seen = request.query_params.get("v")
+    if seen is not None and seen != str(services.models_version):
+        response.headers["HX-Trigger"] = "models-changed"
+    return response
+
+
+@router.get("/jobs")
+async def jobs_panel(request: Request, services: ServicesDep, session: SessionDep) -> Response:
+    session.principal.require("models:manage")
+    return _jobs(request, services, session)
+
+
+@router.post("/pull")
+async def pull(request: Request, services: ServicesDep, session: SessionDep) -> Response:
+    form = await checked_form(request, session)
+    session.principal.require("models:manage")
+    try:
+        await catalog.pull(services, actor_of(request, session.principal), str(form.get("source") or "").strip())
+    except LlamaControllerError as exc:
+        if not request.headers.get("hx-request"):
+            raise
+        return _jobs(request, services, session, error=exc.message)
+    if request.headers.get("hx-request"):
+        return _jobs(request, services, session)
+    return back(request, "/")
+
+
+@router.post("/jobs/{job_id}/cancel")
+async def cancel_job(
+    job_id: Annotated[str, PathParam(pattern=r"^[0-9a-f]{16}$")],
+    request: Request,
+    services: ServicesDep,
+    session: SessionDep,
+) -> Response:
+    await checked_form(request, session)
+    session.principal.require("models:manage")
+    await catalog.cancel(services, actor_of(request, session.principal), job_id)
+    if request.headers.get("hx-request"):
+        return _jobs(request, services, session)
     return back(request, "/")
 
 

@@ -47,7 +47,7 @@ def gov(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
         with running_controller(
             root,
             models=[model_entry("smollm2-135m", SMOLLM2, max_concurrency=16), model_entry("other", SMOLLM2)],
-            extra_env=env,
+            extra_env={**env, "HF_ENDPOINT": "http://127.0.0.1:9"},
         ) as ctl:
             ctl.cli("users", "create", "olive", "--role", "operator", "--password-stdin", stdin="olive-password\n")
             ctl.cli("users", "create", "ursula", "--role", "user", "--password-stdin", stdin="ursula-password\n")
@@ -148,8 +148,9 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("POST", "/api/chat"): Row("/api/chat", "inference", {**OLLAMA, "messages": CHAT["messages"]}, model=True),
     ("POST", "/api/embed"): Row("/api/embed", "inference", {"model": SM, "input": "a"}, True, ok_5xx=(501,)),
     ("POST", "/api/embeddings"): Row("/api/embeddings", "inference", {"model": SM, "prompt": "a"}, True, ok_5xx=(501,)),
-    ("POST", "/api/pull"): Row("/api/pull", "inference", {"model": "hf.co/a/b"}, ok_5xx=(501,)),
-    ("DELETE", "/api/delete"): Row("/api/delete", "inference", {"model": OTHER}, ok_5xx=(501,)),
+    # The Hub is a closed port here: an allowed pull gets as far as a 502.
+    ("POST", "/api/pull"): Row("/api/pull", "manage", {"model": "hf.co/a/b", "stream": False}, ok_5xx=(502,)),
+    ("DELETE", "/api/delete"): Row("/api/delete", "manage", {"model": OTHER}, model=True),
     ("GET", "/api/v1/models"): Row("/api/v1/models", "self"),
     ("GET", "/api/v1/models/status"): Row("/api/v1/models/status", "manage"),
     ("POST", "/api/v1/models/load"): Row("/api/v1/models/load", "manage", {"model_id": SM}, model=True),
@@ -157,6 +158,12 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("POST", "/api/v1/models/switch"): Row("/api/v1/models/switch", "manage", {"from_id": OTHER, "to_id": SM}, True),
     ("GET", "/api/v1/models/{model_id:path}/logs"): Row(f"/api/v1/models/{SM}/logs", "manage", model=True),
     ("GET", "/api/v1/events"): Row("/api/v1/events", "manage", stream=True),
+    ("POST", "/api/v1/models/pull"): Row("/api/v1/models/pull", "manage", {"source": "a/b"}, ok_5xx=(502,)),
+    ("POST", "/api/v1/models/convert"): Row("/api/v1/models/convert", "manage", {"model_id": SM}, model=True),
+    ("DELETE", "/api/v1/models/{model_id:path}"): Row(f"/api/v1/models/{OTHER}", "manage", model=True),
+    ("GET", "/api/v1/jobs"): Row("/api/v1/jobs", "manage"),
+    ("GET", "/api/v1/jobs/{job_id}"): Row("/api/v1/jobs/0123456789abcdef", "manage"),
+    ("DELETE", "/api/v1/jobs/{job_id}"): Row("/api/v1/jobs/0123456789abcdef", "manage"),
     ("GET", "/api/v1/tokens"): Row("/api/v1/tokens", "self"),
     ("POST", "/api/v1/tokens"): Row("/api/v1/tokens", "self", {"name": "matrix"}),
     ("DELETE", "/api/v1/tokens/{token_id}"): Row("/api/v1/tokens/999999", "self"),
@@ -171,6 +178,10 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("GET", "/ui/models/{model_id:path}/row"): Row(f"/ui/models/{OTHER}/row", "ui"),
     ("POST", "/ui/models/{model_id:path}/{action}"): Row(f"/ui/models/{OTHER}/unload", "ui", {}),
     ("GET", "/ui/models/{model_id:path}"): Row(f"/ui/models/{OTHER}", "ui"),
+    ("GET", "/ui/models-table"): Row("/ui/models-table", "ui"),
+    ("GET", "/ui/jobs"): Row("/ui/jobs", "ui"),
+    ("POST", "/ui/pull"): Row("/ui/pull", "ui", {"source": "not a repo"}),
+    ("POST", "/ui/jobs/{job_id}/cancel"): Row("/ui/jobs/0123456789abcdef/cancel", "ui", {}),
     ("GET", "/ui/tokens"): Row("/ui/tokens", "ui"),
     ("POST", "/ui/tokens"): Row("/ui/tokens", "ui", {"name": "matrix"}),
     ("POST", "/ui/tokens/{token_id}/revoke"): Row("/ui/tokens/999999/revoke", "ui", {}),

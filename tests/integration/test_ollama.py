@@ -107,10 +107,10 @@ def test_unknown_model_is_404(client: ollama.Client) -> None:
     assert caught.value.status_code == 404
 
 
-def test_pull_answers_clearly(client: ollama.Client) -> None:
+def test_pull_of_a_registry_name_answers_clearly(client: ollama.Client) -> None:
     with pytest.raises(ollama.ResponseError) as caught:
         client.pull("llama3")
-    assert caught.value.status_code == 501 and "config" in str(caught.value.error)
+    assert caught.value.status_code == 400 and "hf.co/org/repo:QUANT" in str(caught.value.error)
 
 
 def test_load_ps_and_unload(client: ollama.Client) -> None:

@@ -6,8 +6,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from llamacontroller.api.errors import ERROR_RESPONSES
-from llamacontroller.api.management import config, history, models, tokens, users
+from llamacontroller.api.management import catalog, config, history, models, tokens, users
 
 router = APIRouter(prefix="/api/v1", tags=["management"], responses=ERROR_RESPONSES)
-for _module in (models, tokens, users, history, config):
+for _module in (models, catalog, tokens, users, history, config):
     router.include_router(_module.router)

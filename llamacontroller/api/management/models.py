@@ -129,15 +129,26 @@ def sse(source: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
     async def body() -> AsyncIterator[bytes]:
         yield b": connected\n\n"
         iterator = source.__aiter__()
-        while True:
-            try:
-                item = await asyncio.wait_for(iterator.__anext__(), SSE_KEEPALIVE)
-            except TimeoutError:
-                yield b": keep-alive\n\n"
-                continue
-            except StopAsyncIteration:
-                return
-            yield b"data: " + json.dumps(item).encode() + b"\n\n"
+        # The pending __anext__ survives a keep-alive: cancelling it (as wait_for does) would
+        # close the source, and the stream with it, after the first quiet 15 s.
+        pending: asyncio.Future[dict[str, Any]] | None = None
+        try:
+            while True:
+                if pending is None:
+                    pending = asyncio.ensure_future(iterator.__anext__())
+                done, _ = await asyncio.wait({pending}, timeout=SSE_KEEPALIVE)
+                if not done:
+                    yield b": keep-alive\n\n"
+                    continue
+                finished, pending = pending, None
+                try:
+                    item = finished.result()
+                except StopAsyncIteration:
+                    return
+                yield b"data: " + json.dumps(item).encode() + b"\n\n"
+        finally:
+            if pending is not None:
+                pending.cancel()
 
     return StreamingResponse(
         body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
