@@ -53,6 +53,8 @@ bench: setup
 	$(BIN)/python bench/coldstart.py
 	$(BIN)/python bench/auth.py
 	$(BIN)/python bench/upstream_clients.py
+	$(BIN)/python bench/pull.py --rate 125000000
+	$(BIN)/python bench/pull.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

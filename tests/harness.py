@@ -291,3 +291,32 @@ def bare_llama_server(model: Path, *args: str) -> Iterator[str]:
     with llama_server_process("-m", str(model), *args) as (url, _):
         wait_http(url + "/health")
         yield url
+
+
+@contextlib.contextmanager
+def stand_in_hub(repos: Path, *args: str) -> Iterator[tuple[str, Path]]:
+    """The stand-in Hugging Face Hub (tests/standins/hub.py) serving `repos` on a free port:
+    yields (its URL, its request log)."""
+    port = free_port()
+    log = repos.parent / f"hub-{port}.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.standins.hub", "--port", str(port), "--root", str(repos), *args],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent,
+        )
+        try:
+            url = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 30
+            while True:
+                with contextlib.suppress(httpx.HTTPError):
+                    httpx.get(f"{url}/api/models/none/none", timeout=1)  # any answer: it listens
+                    break
+                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+                time.sleep(0.05)
+            yield url, log
+        finally:
+            proc.kill()
+            proc.wait()

@@ -81,7 +81,7 @@ class Plan:
 def parse_source(text: str) -> Source:
     """`org/repo`, `org/repo:Q4_K_M`, `org/repo:file.gguf`, with or without `hf.co/`."""
     match = _SOURCE.match(text.strip())
-    if not match or ".." in match.group("repo"):
+    if not match or ".." in match.group("repo") or match.group("repo").split("/")[0] in ("hf.co", "huggingface.co"):
         shown = text if len(text) <= 80 else text[:80] + "…"
         raise BadRequest(
             f"not a Hugging Face model: {shown!r} (use org/repo, org/repo:QUANT or hf.co/org/repo:QUANT)",
@@ -176,7 +176,7 @@ def _best_mmproj(mmprojs: list[str], folder: PurePosixPath) -> str | None:
     near = [p for p in mmprojs if PurePosixPath(p).parent == folder]
     if not near:
         return None
-    return next((p for p in near if "f16" in p.lower()), near[0])
+    return next((p for p in near if re.search(r"(?<![a-z])f16", p.lower())), near[0])  # f16, not bf16
 
 
 # ------------------------------------------------------------------------------ the Hub

@@ -10,7 +10,6 @@ them are complete and verified: the key file (the GGUF, or a folder's config.jso
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import secrets
@@ -24,7 +23,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-import httpx
+import aiohttp
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -82,15 +81,16 @@ class Job:
     file: str | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
     stopping: bool = False  # the controller is stopping: leave the job to resume at the next start
-    _since: tuple[float, int] = (0.0, 0)
+    _since: tuple[float, int] = (0.0, 0)  # when this run's transfer began, and the bytes there were then
+    _finished: float = 0.0  # when the transfer ended: the speed shown afterwards is its average
 
     def progress(self, n: int) -> None:
         self.done_bytes += n
 
     def view(self) -> dict[str, Any]:
         started, at_start = self._since
-        elapsed = time.monotonic() - started if started else 0.0
-        speed = (self.done_bytes - at_start) / elapsed if elapsed > 0.5 and self.state is JobState.RUNNING else 0.0
+        elapsed = (self._finished or time.monotonic()) - started if started else 0.0
+        speed = (self.done_bytes - at_start) / elapsed if elapsed > 0.05 else 0.0
         left = max(0, self.total_bytes - self.done_bytes)
         return {
             "id": self.id,
@@ -103,7 +103,7 @@ class Job:
             "total": self.total_bytes,
             "progress": round(self.done_bytes / self.total_bytes, 4) if self.total_bytes else 0.0,
             "speed": round(speed),
-            "eta": round(left / speed, 1) if speed > 0 else None,
+            "eta": round(left / speed, 1) if speed > 0 and self.state in ACTIVE else None,
             "error": self.error,
             "model_id": self.model_id,
             "created_by": self.created_by,
@@ -297,34 +297,36 @@ class Catalog:
         job.done_bytes = 0
         job._since = (time.monotonic(), sum(_size(stage / f.path) for f in plan.files))
         self._check_disk(plan.total - job._since[1])
-        work = asyncio.create_task(asyncio.to_thread(self._download, job, plan, stage))
+        saver = asyncio.create_task(self._save_every(job))
         try:
-            while not work.done():
-                await asyncio.wait({work}, timeout=SAVE_EVERY)
-                await self._save(job)
+            await self._download(job, plan, stage)
         except asyncio.CancelledError:
-            job.stopping = True
-            job.cancel.set()
-            with contextlib.suppress(Cancelled):
-                await work
+            job.stopping = True  # the controller stops: the job stays `running`, to resume
             raise
-        await work
+        finally:
+            saver.cancel()
+        job._finished = time.monotonic()
         job.phase, job.file = "writing manifest", None
         installed = _install(plan, stage, self.models_dir / plan.folder)
         entry = _pulled_entry(plan, self.models_dir, job.model_id or _pulled_id(plan))
         await self._register(Owned(entry, "pulled", plan.source, installed), job.created_by)
 
-    def _download(self, job: Job, plan: Plan, stage: Path) -> None:
+    async def _save_every(self, job: Job) -> None:
+        while True:
+            await asyncio.sleep(SAVE_EVERY)
+            await self._save(job)
+
+    async def _download(self, job: Job, plan: Plan, stage: Path) -> None:
         from huggingface_hub import hf_hub_url
 
         token = self.token
         headers = {"User-Agent": "llamacontroller", **({"Authorization": f"Bearer {token}"} if token else {})}
-        timeout = httpx.Timeout(30.0, read=60.0)
-        with httpx.Client(follow_redirects=True, timeout=timeout) as client:
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=60)
+        async with aiohttp.ClientSession(timeout=timeout, auto_decompress=False) as session:
             for remote in plan.files:
                 job.phase, job.file = f"pulling {remote.sha256 or remote.git_oid or remote.path}", remote.path
                 url = hf_hub_url(plan.repo, remote.path, revision=plan.revision, endpoint=plan.endpoint or None)
-                fetch(client, url, headers, remote, stage / remote.path, job.progress, job.cancel)
+                await fetch(session, url, headers, remote, stage / remote.path, job.progress, job.cancel)
 
     async def _register(self, owned: Owned, created_by: str | None) -> None:
         entry = owned.entry

@@ -65,6 +65,7 @@ def _walk(folder: Path, depth: int = 0) -> Iterable[tuple[Path, bool]]:
 
 def scan(models_dir: Path) -> list[ModelEntry]:
     """Every model in `models_dir`, as entries with the defaults of a YAML entry."""
+    models_dir = models_dir.absolute()
     entries: list[ModelEntry] = []
     ggufs: dict[Path, list[Path]] = {}
     for path, is_folder in _walk(models_dir):

@@ -173,8 +173,7 @@ async def apply_models(services: Services, yaml_models: ModelsConfig | None = No
     async with services.models_lock:
         if yaml_models is not None:
             services.yaml_models = yaml_models
-        models_dir = Path(services.yaml_models.models_dir).absolute()
-        found = await asyncio.to_thread(scan, models_dir)
+        found = await asyncio.to_thread(scan, Path(services.yaml_models.models_dir))
         merged = merge(services.yaml_models, services.catalog.entries(), found)
         kept = {id(entry) for entry in merged.models}  # a scanned model the YAML shadows is not one
         services.scanned = {entry.id for entry in found if id(entry) in kept}

@@ -9,7 +9,6 @@ reach the Hub.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import shutil
@@ -27,16 +26,13 @@ import openai
 import pytest
 
 from tests.harness import (
-    ROOT,
     SMOLLM2,
     SMOLLM2_ST,
     Controller,
-    die_with_parent,
-    free_port,
     model_entry,
     running_controller,
+    stand_in_hub,
     start_controller,
-    wait_http,
     wait_no_engines,
 )
 
@@ -61,28 +57,6 @@ def make_hub_root(root: Path) -> Path:
             (folder / file.name).symlink_to(file.resolve())
         (folder / "README.md").write_text(f"# {repo}\n")
     return root
-
-
-@contextlib.contextmanager
-def stand_in_hub(root: Path, *args: str) -> Iterator[tuple[str, Path]]:
-    """The stand-in Hub on a free port: (its URL, its request log)."""
-    port = free_port()
-    log = root.parent / f"hub-{port}.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.standins.hub", "--port", str(port), "--root", str(root), *args],
-            cwd=ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            preexec_fn=die_with_parent,
-        )
-        try:
-            url = f"http://127.0.0.1:{port}"
-            wait_http(f"{url}/api/models/{GGUF_REPO}", timeout=30)
-            yield url, log
-        finally:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -459,3 +433,49 @@ def test_cli_pulls_with_a_progress_bar_and_deletes(tmp_path: Path, hub: str) -> 
         )  # fmt: skip
         assert run.returncode == 1 and "not found on the Hub" in run.stderr
     wait_no_engines(ctl.data_dir)
+
+
+# ------------------------------------------------------------------------------ dashboard
+
+
+def test_dashboard_pull_shows_a_moving_progress_bar_then_delete_asks_first(
+    tmp_path: Path, slow_hub: tuple[str, Path]
+) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    from tests.integration.test_dashboard import CHROMIUM, log_in
+
+    url, _ = slow_hub
+    with (
+        running_controller(tmp_path, models=[], extra_env={"HF_ENDPOINT": url}, **catalog_config()) as ctl,
+        sync_playwright() as p,
+    ):
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page()
+        page.set_default_timeout(30_000)
+        dialogs: list[str] = []
+        log_in(page, ctl)
+        page.get_by_label("From Hugging Face").fill(f"hf.co/{GGUF_REPO}:Q4_1")
+        page.get_by_role("button", name="Pull").click()
+        bar = page.locator("tr.job progress")
+        expect(bar).to_be_visible()
+        seen = set()
+        deadline = time.monotonic() + 30
+        while page.locator('tr.job[data-state="running"]').count() and time.monotonic() < deadline:
+            seen.add(float(bar.get_attribute("value") or 0))
+            time.sleep(0.3)
+        assert len(seen) >= 3, f"the bar did not move: {sorted(seen)}"  # ~4 s at the stand-in's rate
+        expect(page.locator('tr.job[data-state="done"]')).to_be_visible()
+        row = page.locator(f'tr.model-row[data-model="{GGUF_REPO}:q4_1"]')
+        expect(row).to_be_visible()  # the models table redrew itself when the model appeared
+
+        pulled = ctl.data_dir / "models" / "TheOrg--SmolLM2-GGUF" / SMOLLM2.name
+        page.once("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        row.get_by_role("button", name="Delete").click()
+        expect(row).to_be_visible()
+        assert pulled.exists() and "cannot be undone" in dialogs[-1]  # dismissed: nothing happened
+        page.once("dialog", lambda d: (dialogs.append(d.message), d.accept()))
+        row.get_by_role("button", name="Delete").click()
+        expect(row).to_have_count(0)
+        assert not pulled.exists()
+        browser.close()
