@@ -451,9 +451,13 @@ class Catalog:
         job.cancel.set()
         task = self._tasks.get(job.id)
         if task is not None:
-            await asyncio.shield(asyncio.wait({task}))
-        if job.state in ACTIVE:  # it was still queued
+            done, _ = await asyncio.wait({task}, timeout=5)
+            if not done:  # a converter that prints nothing for a while: stop it now
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        if job.state in ACTIVE:  # it was still queued, or stopped above
             job.state, job.phase = JobState.CANCELLED, "cancelled"
+            await asyncio.to_thread(shutil.rmtree, self._stage(job), ignore_errors=True)
             await self._save(job)
         return job
 
@@ -475,7 +479,7 @@ class Catalog:
         owned = self.models.pop(model_id)
         async with self.sessions() as db, db.begin():
             await db.execute(delete(CatalogModel).where(CatalogModel.id == model_id))
-        removed = remove_files([Path(p) for p in owned.paths], self.models_dir)
+        removed = await asyncio.to_thread(remove_files, [Path(p) for p in owned.paths], self.models_dir)
         await self.changed()
         return removed
 

@@ -57,6 +57,7 @@ class ModelInfo(BaseModel):
     gpus: list[int] = Field(default_factory=list)
     start_timeout: float | None = None
     sleep_on_evict: bool = False
+    origin: str = Field("config", description="config, pulled, converted or scanned (docs/models.md)")
 
 
 class UpstreamStatus(BaseModel):
@@ -91,9 +92,14 @@ class ModelStatus(BaseModel):
 
 
 def model_infos(services: Services, principal: Principal) -> list[ModelInfo]:
-    fields = None if "models:manage" in principal.scopes else PUBLIC_FIELDS
+    manager = "models:manage" in principal.scopes
+    fields = None if manager else PUBLIC_FIELDS
     return [
-        ModelInfo(**e.entry.model_dump(include=fields, exclude={"env"}), state=e.state.value)
+        ModelInfo(
+            **e.entry.model_dump(include=fields, exclude={"env"}),
+            state=e.state.value,
+            **({"origin": origin(services, e.id)} if manager else {}),
+        )
         for e in services.supervisor.engines.values()
         if principal.may_use(e.id)
     ]

@@ -173,6 +173,7 @@ def test_safetensors_pull_over_the_api_with_sse_progress(ctl: Controller) -> Non
         assert files_under(folder) == sorted(p.name for p in SMOLLM2_ST.iterdir() if p.is_file())  # no README
         listed = {m["id"]: m for m in client.get("/api/v1/models").json()["models"]}
         assert listed[ST_REPO]["path"] == str(folder) and listed[ST_REPO]["backend"] == "auto"
+        assert listed[ST_REPO]["origin"] == "pulled" and listed["smollm2-st"]["origin"] == "config"
 
 
 def test_sha256_mismatch_is_refused_and_nothing_is_kept(ctl: Controller) -> None:
@@ -338,6 +339,7 @@ def test_models_dir_scan_finds_ggufs_split_sets_mmproj_and_safetensors_folders(c
     found = wait_for(lambda f: "Tiny-Model.Q8_0" in f and "My-ST" in f and "Eyes-Q4_K_M" in f)
     assert found["Eyes-Q4_K_M"]["args"] == ["--mmproj", str(vision / "mmproj-Eyes-f16.gguf")]
     assert found["Tiny-Model.Q8_0"]["args"] == [] and found["My-ST"]["backend"] == "auto"
+    assert found["My-ST"]["origin"] == "scanned"
     assert "Big" not in found and "mmproj-Eyes-f16" not in found and "same-as-yaml" not in found
     (folder / "Big-00002-of-00002.gguf").write_bytes(b"GGUF")
     found = wait_for(lambda f: "Big" in f)
@@ -396,6 +398,7 @@ def test_safetensors_demo_converted_to_q8_0_answers_paris(ctl: Controller) -> No
         assert done["state"] == "done" and done["model_id"] == "smollm2-st-q8_0", done
         listed = {m["id"]: m for m in client.get("/api/v1/models").json()["models"]}
         assert listed["smollm2-st-q8_0"]["backend"] == "llamacpp"
+        assert listed["smollm2-st-q8_0"]["origin"] == "converted"
         assert listed["smollm2-st-q8_0"]["path"].endswith("smollm2-st-q8_0.gguf")
         r = client.post("/api/v1/models/convert", json={"model_id": "smollm2-135m", "type": "q8_0"})
         assert r.status_code == 400 and "not a safetensors" in r.json()["error"]["message"]
