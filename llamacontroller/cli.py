@@ -334,10 +334,7 @@ def models_unload(model_id: str) -> None:
 @click.option("--no-wait", is_flag=True, help="Start the download and return (follow it with `models jobs`).")
 def models_pull(source: str, revision: str, no_wait: bool) -> None:
     """Download SOURCE from the Hugging Face Hub: org/repo, org/repo:QUANT or org/repo:file.gguf."""
-    job = _api("POST", "/api/v1/models/pull", {"source": source, "revision": revision})
-    click.echo(f"job {job['id']}: {job['source']} -> model {job['model_id']}", err=True)
-    if not no_wait:
-        _follow(job)
+    _start_job("/api/v1/models/pull", {"source": source, "revision": revision}, no_wait)
 
 
 @models.command("convert")
@@ -346,7 +343,11 @@ def models_pull(source: str, revision: str, no_wait: bool) -> None:
 @click.option("--no-wait", is_flag=True, help="Start the conversion and return.")
 def models_convert(model_id: str, outtype: str, no_wait: bool) -> None:
     """Convert a safetensors model to a GGUF file (served by llama-server) at --type."""
-    job = _api("POST", "/api/v1/models/convert", {"model_id": model_id, "type": outtype})
+    _start_job("/api/v1/models/convert", {"model_id": model_id, "type": outtype}, no_wait)
+
+
+def _start_job(path: str, body: dict[str, Any], no_wait: bool) -> None:
+    job = _api("POST", path, body)
     click.echo(f"job {job['id']}: {job['source']} -> model {job['model_id']}", err=True)
     if not no_wait:
         _follow(job)

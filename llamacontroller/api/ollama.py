@@ -322,14 +322,20 @@ async def embeddings(request: Request, services: ServicesDep, principal: Inferen
 # --------------------------------------------------------------------------- pull, delete
 
 
-@router.post("/api/pull")
-async def pull(request: Request, services: ServicesDep, principal: InferenceDep) -> Response:
-    """`hf.co/org/repo:QUANT` from the Hugging Face Hub, streaming Ollama's progress statuses."""
+async def _managed_model(request: Request, principal: Principal) -> tuple[dict[str, Any], str]:
+    """The body and the model it names, for a caller with models:manage (checked first)."""
     principal.require("models:manage")
     body = parse_json_object(await read_body(request))
     name = body.get("model") or body.get("name")
     if not isinstance(name, str) or not name:
         raise BadRequest("model is required", param="model")
+    return body, name
+
+
+@router.post("/api/pull")
+async def pull(request: Request, services: ServicesDep, principal: InferenceDep) -> Response:
+    """`hf.co/org/repo:QUANT` from the Hugging Face Hub, streaming Ollama's progress statuses."""
+    body, name = await _managed_model(request, principal)
     if not name.lower().startswith(("hf.co/", "huggingface.co/", "https://hf.co/", "https://huggingface.co/")):
         raise BadRequest(f"only Hugging Face models can be pulled here: hf.co/org/repo:QUANT, not {name[:80]!r}")
     actor = actor_of(request, principal)
@@ -379,10 +385,6 @@ def _raise_failed(job: Job) -> None:
 
 @router.delete("/api/delete")
 async def delete(request: Request, services: ServicesDep, principal: InferenceDep) -> Response:
-    principal.require("models:manage")
-    body = parse_json_object(await read_body(request))
-    name = body.get("model") or body.get("name")
-    if not isinstance(name, str) or not name:
-        raise BadRequest("model is required", param="model")
+    _, name = await _managed_model(request, principal)
     await catalog.delete(services, actor_of(request, principal), name)
     return Response(status_code=200)
