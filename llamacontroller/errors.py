@@ -19,6 +19,7 @@ Each API dialect renders them in one place (api/errors.py). The tree:
     ├── NotSupported               a known route this server does not offer yet (501)
     ├── InsufficientStorage        no disk space for a download or a conversion (507)
     ├── UpstreamError              the engine failed mid-request (502)
+    │   └── IntegrityError         a downloaded file does not match the digest its source listed
     └── UpstreamTimeout            the engine did not answer in time (504)
 """
 
@@ -111,6 +112,10 @@ class InsufficientStorage(LlamaControllerError):
 class UpstreamError(LlamaControllerError):
     status = 502
     code = "upstream_error"
+
+
+class IntegrityError(UpstreamError):
+    code = "integrity_error"
 
 
 class UpstreamTimeout(LlamaControllerError):

@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 
 from llamacontroller.catalog.hub import RemoteFile
-from llamacontroller.errors import InsufficientStorage, LlamaControllerError, UpstreamError
+from llamacontroller.errors import InsufficientStorage, IntegrityError, UpstreamError
 
 CHUNK = 4 << 20
 MAX_ATTEMPTS = 5  # a connection dropped mid-file is resumed where it stopped
@@ -26,11 +26,6 @@ MAX_ATTEMPTS = 5  # a connection dropped mid-file is resumed where it stopped
 
 class Cancelled(Exception):
     pass
-
-
-class IntegrityError(LlamaControllerError):
-    status = 502
-    code = "integrity_error"
 
 
 def _hasher(remote: RemoteFile) -> Any:

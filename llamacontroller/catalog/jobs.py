@@ -261,7 +261,6 @@ class Catalog:
             if job.cancel.is_set():
                 return
             job.state, job.phase = JobState.RUNNING, "starting"
-            job._since = (time.monotonic(), job.done_bytes)
             await self._save(job)
             try:
                 await work(job)

@@ -66,9 +66,9 @@ async def delete(services: Services, actor: Actor, name: str, *, force: bool = F
         if where == "scanned":
             files = _scanned_files(engine.entry.path or "")
             removed = await asyncio.to_thread(remove_files, files, _models_dir(services))
+            await apply_models(services)
         else:
-            removed = await services.catalog.forget(engine.id)
-        await apply_models(services)
+            removed = await services.catalog.forget(engine.id)  # which applies the models itself
         return {"deleted": engine.id, "origin": where, "files": removed}
 
     return await audited(services, actor, "model.delete", engine.id, work())

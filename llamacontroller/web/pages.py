@@ -50,18 +50,8 @@ def _can_manage(session: SessionInfo) -> bool:
 @router.get("/")
 async def models_page(request: Request, services: ServicesDep, session: SessionDep) -> Response:
     rows = _model_rows(services, session)
-    jobs = catalog.jobs(services)[:20] if _can_manage(session) else []
-    return render(
-        request,
-        session,
-        "models.html",
-        models=rows,
-        can_manage=_can_manage(session),
-        jobs=jobs,
-        active=any(j["state"] in ("queued", "running") for j in jobs),
-        version=services.models_version,
-        error=None,
-    )
+    jobs = _jobs_context(services) if _can_manage(session) else {}
+    return render(request, session, "models.html", models=rows, can_manage=_can_manage(session), **jobs)
 
 
 @router.get("/models-table")
@@ -135,17 +125,15 @@ async def _delete(request: Request, services: Services, actor: Actor, model_id: 
 # ----------------------------------------------------------------------------- pulls, jobs
 
 
-def _jobs(request: Request, services: Services, session: SessionInfo, error: str | None = None) -> Response:
+def _jobs_context(services: Services, error: str | None = None) -> dict[str, Any]:
+    """What _jobs.html shows: the newest jobs, whether it should keep polling, the models version."""
     jobs = catalog.jobs(services)[:20]
-    response = render(
-        request,
-        session,
-        "_jobs.html",
-        jobs=jobs,
-        active=any(j["state"] in ("queued", "running") for j in jobs),
-        version=services.models_version,
-        error=error,
-    )
+    active = any(j["state"] in ("queued", "running") for j in jobs)
+    return {"jobs": jobs, "active": active, "version": services.models_version, "error": error}
+
+
+def _jobs(request: Request, services: Services, session: SessionInfo, error: str | None = None) -> Response:
+    response = render(request, session, "_jobs.html", **_jobs_context(services, error))
     seen = request.query_params.get("v")
     if seen is not None and seen != str(services.models_version):
         response.headers["HX-Trigger"] = "models-changed"
