@@ -9,10 +9,10 @@ middleware of its own."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
@@ -23,12 +23,11 @@ from llamacontroller.api import errors, management, ollama, openai, root, system
 from llamacontroller.api.frontdoor import FrontDoor
 from llamacontroller.config import Settings, load_settings
 from llamacontroller.services.core import Services, bootstrap_admin, open_services
-from llamacontroller.services.models import start_models
+from llamacontroller.services.models import reload_on_sighup, start_models, watch_config
 from llamacontroller.web import login, pages, session
 
 log = logging.getLogger(__name__)
 
-STATIC = Path(__file__).resolve().parents[1] / "static"
 
 
 def create_app(settings: Settings) -> ASGIApp:
@@ -54,11 +53,25 @@ def create_api(settings: Settings) -> FastAPI:
         await services.supervisor.start()
         services.usage.start()
         watcher = await start_models(services)
+        config_watcher = (
+            asyncio.create_task(watch_config(services), name="config-watcher") if settings.watch_config else None
+        )
+        stop_sighup = reload_on_sighup(services)
+        listener = (
+            asyncio.create_task(services.shared.listen(services.auth.drop_cached), name="revocations")
+            if services.shared
+            else None
+        )
         app.state.services = services
         log.info("LlamaController ready with %d model(s)", len(services.supervisor.engines))
         try:
             yield
         finally:
+            stop_sighup()
+            if listener is not None:
+                listener.cancel()
+            if config_watcher is not None:
+                config_watcher.cancel()
             watcher.cancel()
             await services.catalog.close()
             await services.supervisor.close()
@@ -69,7 +82,6 @@ def create_api(settings: Settings) -> FastAPI:
         title="LlamaController",
         version=__version__,
         lifespan=lifespan,
-        root_path=settings.root_path,
         docs_url="/api/v1/docs",
         swagger_ui_oauth2_redirect_url="/api/v1/docs/oauth2-redirect",
         redoc_url=None,
@@ -84,7 +96,7 @@ def create_api(settings: Settings) -> FastAPI:
     app.include_router(login.router)
     app.include_router(pages.router)
     session.install(app)
-    app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
+    app.mount("/static", StaticFiles(packages=[("llamacontroller", "static")]), name="static")
     return app
 
 

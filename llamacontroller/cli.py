@@ -79,14 +79,15 @@ def serve(host: str | None, port: int | None, config_dir: str | None) -> None:
     except ConfigError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
     app = create_app(settings)
     uvicorn.run(
         app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        access_log=False,  # the usage log records every inference request; this would double it
+        log_config=None,  # our handlers and format (setup_logging), uvicorn's records included
+        access_log=False,  # the front door writes the access log, with request id and caller
         # X-Forwarded-* are believed only from configured proxies (default: none).
         proxy_headers=bool(settings.auth.trusted_proxies),
         forwarded_allow_ips=",".join(settings.auth.trusted_proxies) or None,

@@ -309,15 +309,34 @@ class Settings(BaseSettings):
     database_url: str | None = Field(None, description="SQLAlchemy URL; default the SQLite file in data_dir.")
     host: str = "127.0.0.1"
     port: int = Field(3000, ge=0, le=65535)
-    root_path: str = Field("", description="Path prefix when served behind a proxy at a sub-path.")
+    root_path: str = Field("", description="Path prefix when served behind a proxy at a sub-path (`/llm`).")
     admin_password: SecretStr | None = Field(None, description="Password for the first-run admin user.")
     llama_server_bin: str | None = Field(None, validation_alias=AliasChoices("LLAMA_SERVER_BIN", "llama_server_bin"))
     log_level: str = "info"
+    log_format: Literal["text", "json"] = Field("text", description="`json`: one JSON object per log line.")
+    watch_config: bool = Field(True, description="Reload when a file in config_dir changes (also on SIGHUP).")
+    access_log: bool = Field(True, description="Log one line per HTTP request (method, path, status, time, caller).")
+    redis_url: str | None = Field(
+        None,
+        description="Redis shared by several controllers: rate limits, login lockout, token and session "
+        "revocation. Unset: kept in each process.",
+    )
     ollama_version: str = Field("0.12.6", description="What GET /api/version reports.")
 
     llamacpp: LlamaCppConfig = Field(default_factory=LlamaCppConfig)
     models: ModelsConfig = Field(default_factory=ModelsConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
+
+    @field_validator("root_path")
+    @classmethod
+    def _one_leading_slash(cls, value: str) -> str:
+        """'llm/', '/llm/' and '/llm' are all '/llm'; '/' is no prefix at all."""
+        value = value.strip().strip("/")
+        if value and not all(part and part not in (".", "..") for part in value.split("/")):
+            raise ValueError("a path prefix like '/llm'")
+        if any(c in value for c in "?#%\\ "):
+            raise ValueError("a path prefix like '/llm' (no query, fragment, escapes or spaces)")
+        return f"/{value}" if value else ""
 
     @classmethod
     def settings_customise_sources(

@@ -16,6 +16,7 @@ Each API dialect renders them in one place (api/errors.py). The tree:
     │   ├── StartFailed            the engine did not become healthy
     │   ├── InsufficientMemory     admission refused it
     │   └── DrainTimeout           a busy model could not be stopped in time
+    ├── ServiceUnavailable         a service the controller needs (Redis) does not answer (503)
     ├── NotSupported               a known route this server does not offer yet (501)
     ├── InsufficientStorage        no disk space for a download or a conversion (507)
     ├── UpstreamError              the engine failed mid-request (502)
@@ -97,6 +98,11 @@ class InsufficientMemory(ModelUnavailable):
 
 class DrainTimeout(ModelUnavailable):
     code = "model_busy"
+
+
+class ServiceUnavailable(LlamaControllerError):
+    status = 503
+    code = "service_unavailable"
 
 
 class NotSupported(LlamaControllerError):

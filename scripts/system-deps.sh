@@ -10,6 +10,14 @@ command -v make >/dev/null || need+=(make)
 [ -f /usr/include/linux/prctl.h ] || need+=(linux-libc-dev)
 # The dashboard tests drive Debian's Chromium through Playwright (never a downloaded browser).
 [ -x /usr/bin/chromium ] || need+=(chromium)
+# `python -m venv` (the package test installs the wheel into a fresh venv) is its own package on Debian.
+python3 -c 'import ensurepip' 2>/dev/null || need+=(python3-venv)
+# The suite starts its own throwaway PostgreSQL, Redis, nginx and Caddy on free ports; it never
+# relies on a server that happens to run.
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || need+=(postgresql)
+command -v redis-server >/dev/null || need+=(redis-server)
+[ -x /usr/sbin/nginx ] || command -v nginx >/dev/null || need+=(nginx)
+command -v caddy >/dev/null || need+=(caddy)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness import GEMMA3, SMOLLM2, Controller, llama_server_bin, running_controller
+from tests.servers import postgres_server
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -20,3 +21,10 @@ def controller(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Controller]
     """One controller with both demo models, shared by tests that do not change its config."""
     with running_controller(tmp_path_factory.mktemp("shared")) as ctl:
         yield ctl
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[str]:
+    """The URL of the `postgres` database of a throwaway PostgreSQL the test run starts itself."""
+    with postgres_server() as url:
+        yield url

@@ -36,10 +36,10 @@ class Origin:
     @classmethod
     def from_headers(cls, scope: Scope, headers: list[tuple[bytes, bytes]]) -> Origin:
         """One pass over the raw ASGI headers (the passthrough dispatcher has no Request object)."""
-        given = None
+        given = scope.get("state", {}).get("request_id")  # the front door's
         user: dict[str, str] | None = None
         for name, value in headers:
-            if name == b"x-request-id":
+            if name == b"x-request-id" and given is None:
                 given = value.decode("latin-1")
             elif name.startswith(b"x-openwebui-user-"):
                 user = user or {}
@@ -54,7 +54,7 @@ class Origin:
         )
 
 
-def dispatch(
+async def dispatch(
     origin: Origin,
     services: Services,
     principal: Principal,
@@ -75,7 +75,7 @@ def dispatch(
     served = engine.served_name
     if served is not None and model != served:
         body = renamed(body, served)
-    release = services.limits.admit(principal)
+    release = await services.limits.admit(principal)
 
     def record(row: dict[str, Any]) -> None:
         release((row["prompt_tokens"] or 0) + (row["completion_tokens"] or 0))

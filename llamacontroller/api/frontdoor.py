@@ -15,18 +15,24 @@ route was read, then refused). In order:
    credential is answered 401 before a byte of its body is read; uvicorn sends `100 Continue`
    only when the app first reads the body, so that too comes after this check.
 4. Dashboard and static responses get the security headers (CSP, nosniff, frame and referrer).
+
+Around all of it: every request gets an id (a well-formed `X-Request-ID` it sent, else one of
+ours), echoed in the response's `X-Request-ID`, carried by every log record written for it and
+by its usage row; and one access-log line when its response ends (`access_log`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import time
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from starlette.responses import RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from llamacontroller.api.deps import MAX_BODY
+from llamacontroller.api.deps import MAX_BODY, REQUEST_ID
 from llamacontroller.api.errors import dialect_for, error_response, render
 from llamacontroller.auth.principal import Principal
 from llamacontroller.auth.sessions import COOKIE, CSRF_HEADER, SAFE_METHODS, check_csrf
@@ -40,9 +46,11 @@ from llamacontroller.errors import (
     PayloadTooLarge,
     Unauthenticated,
 )
+from llamacontroller.logs import ACCESS, request_id
 from llamacontroller.services.core import Services
 
 log = logging.getLogger(__name__)
+access = logging.getLogger(ACCESS)
 
 KiB, MiB = 1024, 1024 * 1024
 INFERENCE_BODY = MAX_BODY  # what the inference handlers read at most; images travel base64 in the JSON
@@ -58,6 +66,7 @@ SECURITY_HEADERS = [
     (b"referrer-policy", b"same-origin"),
 ]
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+REFUSALS = frozenset({401, 403, 413, 429, 503})  # counted in llamacontroller_refused_requests
 
 # (method, path) answered to anyone: liveness, Ollama's "is it running" checks, the login page.
 PUBLIC = {
@@ -129,7 +138,22 @@ class FrontDoor:
             await self.app(scope, receive, send)
             return
         if self.settings.root_path:
-            scope["root_path"] = self.settings.root_path  # as FastAPI sets it, for the layers before it
+            scope["root_path"] = self.settings.root_path  # for every layer behind this one (and url_for)
+        given = header(scope, b"x-request-id")
+        rid = given if given and REQUEST_ID.match(given) else os.urandom(16).hex()
+        scope.setdefault("state", {})["request_id"] = rid
+        token = request_id.set(rid)
+        sent = _Sent(rid.encode())
+        try:
+            await self.admit(scope, receive, sent.wrap(send))
+        finally:
+            request_id.reset(token)
+            if sent.status in REFUSALS and (services := self.services()) is not None:
+                services.metrics.refused(sent.status)
+            if self.settings.access_log:
+                sent.log(scope)
+
+    async def admit(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = relative_path(scope)
         dialect = dialect_for(path)
         cap = body_cap(path)
@@ -156,7 +180,7 @@ class FrontDoor:
             )
             return
         if principal is not None:
-            scope.setdefault("state", {})["principal"] = principal
+            scope["state"]["principal"] = principal
         if path.startswith(("/ui", "/static")):
             send = _with_security_headers(send)
         await self.app(scope, _capped(receive, cap), send)
@@ -259,3 +283,52 @@ def _with_security_headers(send: Send) -> Send:
         await send(message)
 
     return secured
+
+
+class _Sent:
+    """What went back for one request: adds its X-Request-ID, notes status and size, and writes
+    the access-log line."""
+
+    __slots__ = ("began", "bytes", "rid", "status")
+
+    def __init__(self, rid: bytes) -> None:
+        self.rid = rid
+        self.began = time.perf_counter()
+        self.status = 0
+        self.bytes = 0
+
+    def wrap(self, send: Send) -> Send:
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                self.status = message["status"]
+                headers = message.get("headers", [])
+                if not any(name.lower() == b"x-request-id" for name, _ in headers):  # the proxy sets its own
+                    message = {**message, "headers": [*headers, (b"x-request-id", self.rid)]}
+            elif message["type"] == "http.response.body":
+                self.bytes += len(message.get("body", b""))
+            await send(message)
+
+        return sending
+
+    def log(self, scope: Scope) -> None:
+        principal = scope.get("state", {}).get("principal")
+        client = scope.get("client")
+        fields = {
+            "method": scope["method"],
+            "path": scope["path"][:200],
+            "status": self.status or 499,  # the client left before any answer
+            "duration_ms": round((time.perf_counter() - self.began) * 1000, 1),
+            "client_ip": client[0] if client else None,
+            "principal": (principal.username or "anonymous") if principal is not None else None,
+            "bytes_sent": self.bytes,
+        }
+        access.info(
+            "%s %s %s %.1fms %s %s",
+            fields["method"],
+            fields["path"],
+            fields["status"],
+            fields["duration_ms"],
+            fields["client_ip"] or "-",
+            fields["principal"] or "-",
+            extra={**fields, "request_id": self.rid.decode()},
+        )

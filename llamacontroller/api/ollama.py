@@ -199,7 +199,9 @@ async def _generate_or_chat(request: Request, services: Any, principal: Any, kin
     else:
         path, upstream = tr.generate_request(body)
     translator = tr.NDJSONTranslator(_tag(engine.id), kind=kind, stream=stream, began=began)
-    return _call(request, services, principal, engine, path, upstream, translator, stream=stream, keep_alive=keep_alive)
+    return await _call(
+        request, services, principal, engine, path, upstream, translator, stream=stream, keep_alive=keep_alive
+    )
 
 
 class _Unchanged:
@@ -260,7 +262,7 @@ async def chat(request: Request, services: ServicesDep, principal: InferenceDep)
     return await _generate_or_chat(request, services, principal, "chat")
 
 
-def _call(
+async def _call(
     request: Request,
     services: Any,
     principal: Any,
@@ -280,7 +282,7 @@ def _call(
             translator.lease_at = time.perf_counter()  # the rest of the wait was the load
         _apply_keep_alive(engine, keep_alive)
 
-    return dispatch(
+    return await dispatch(
         Origin.of(request),
         services,
         principal,
@@ -304,7 +306,9 @@ async def embed(request: Request, services: ServicesDep, principal: InferenceDep
     translator = tr.JSONTranslator(tr.embed_response(_tag(engine.id), began))
     keep_alive = await _lifetime(request, services, principal, engine, body)
     upstream = tr.embed_request(body)
-    return _call(request, services, principal, engine, "/v1/embeddings", upstream, translator, keep_alive=keep_alive)
+    return await _call(
+        request, services, principal, engine, "/v1/embeddings", upstream, translator, keep_alive=keep_alive
+    )
 
 
 @router.post("/api/embeddings")
@@ -316,7 +320,7 @@ async def embeddings(request: Request, services: ServicesDep, principal: Inferen
         raise BadRequest("prompt must be a string", param="prompt")
     upstream = {"input": [body["prompt"]], "encoding_format": "float"}
     translator = tr.JSONTranslator(tr.legacy_embedding_response)
-    return _call(request, services, principal, engine, "/v1/embeddings", upstream, translator)
+    return await _call(request, services, principal, engine, "/v1/embeddings", upstream, translator)
 
 
 # --------------------------------------------------------------------------- pull, delete

@@ -39,7 +39,7 @@ PASSTHROUGH = {
 }
 
 
-def proxy(origin: Origin, body: bytes, services: Services, principal: Principal, path: str) -> UpstreamCall:
+async def proxy(origin: Origin, body: bytes, services: Services, principal: Principal, path: str) -> UpstreamCall:
     """One OpenAI passthrough request; called by `Passthrough` and by the routes below."""
     payload = parse_json_object(body)
     if b"_url" in body and not services.settings.auth.allow_remote_media:
@@ -49,7 +49,7 @@ def proxy(origin: Origin, body: bytes, services: Services, principal: Principal,
         raise BadRequest("'model' must be a string", param="model")
     if not model:
         model = _only_loaded_model(services, path)
-    return dispatch(
+    return await dispatch(
         origin,
         services,
         principal,
@@ -107,7 +107,7 @@ class Passthrough:
         try:
             principal.require("inference")
             body = await receive_body(receive, header(scope, b"content-length"))
-            call = proxy(Origin.from_headers(scope, scope["headers"]), body, services, principal, path)
+            call = await proxy(Origin.from_headers(scope, scope["headers"]), body, services, principal, path)
             await call(scope, receive, send)
         except ClientDisconnect:
             return  # gone before its body arrived: nobody to answer
@@ -130,7 +130,7 @@ def _make_route(path: str) -> None:
     # routes declare them in the OpenAPI schema (and would serve them, the same way, if a request
     # ever reached FastAPI without passing the dispatcher).
     async def route(request: Request, services: ServicesDep, principal: InferenceDep) -> Response:
-        return proxy(Origin.of(request), await read_body(request), services, principal, path)
+        return await proxy(Origin.of(request), await read_body(request), services, principal, path)
 
     route.__name__ = "proxy_" + path.strip("/").replace("/", "_").replace("-", "_")
     router.add_api_route(path, route, methods=["POST"], response_class=Response)

@@ -34,4 +34,4 @@ async def ready(services: ServicesDep) -> Response:
 
 @router.get("/metrics")
 async def metrics(services: ServicesDep) -> Response:
-    return Response(services.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+    return Response(await services.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")

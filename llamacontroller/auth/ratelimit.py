@@ -1,5 +1,6 @@
 """Per-token limits: requests per minute, tokens per minute (prompt + completion, counted from
-usage as answers finish), and requests in parallel. In memory, per controller process."""
+usage as answers finish), and requests in parallel. In memory, per controller process; with
+`redis_url`, shared by every instance (auth/shared.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ from llamacontroller.auth.principal import Principal
 from llamacontroller.errors import Overloaded
 
 WINDOW = 60.0
+REQUESTS, TOKENS, PARALLEL = 1, 2, 3  # which limit refused
+
+Release = Callable[[int], None]  # called when the request ends, with the tokens it used
 
 
 def _noop(tokens: int) -> None:
@@ -23,7 +27,7 @@ class TokenLimits:
         self._tokens: dict[int, deque[tuple[float, int]]] = defaultdict(deque)
         self._parallel: dict[int, int] = defaultdict(int)
 
-    def admit(self, principal: Principal) -> Callable[[int], None]:
+    async def admit(self, principal: Principal) -> Release:
         """Count one request against the token's limits, or raise Overloaded (429).
         Returns the function to call when it ends, with the tokens it used."""
         token = principal.token_id
@@ -37,21 +41,12 @@ class TokenLimits:
         while used and now - used[0][0] > WINDOW:
             used.popleft()
         spent = sum(n for _, n in used)
-        headers = {}
-        if principal.rpm_limit:
-            headers["X-RateLimit-Limit-Requests"] = str(principal.rpm_limit)
-            headers["X-RateLimit-Remaining-Requests"] = str(max(0, principal.rpm_limit - len(requests)))
-        if principal.tpm_limit:
-            headers["X-RateLimit-Limit-Tokens"] = str(principal.tpm_limit)
-            headers["X-RateLimit-Remaining-Tokens"] = str(max(0, principal.tpm_limit - spent))
         if principal.rpm_limit and len(requests) >= principal.rpm_limit:
-            wait = WINDOW - (now - requests[0])
-            raise self._refuse(f"{principal.rpm_limit} requests per minute", wait, headers, "Requests")
+            raise refusal(principal, REQUESTS, len(requests), spent, WINDOW - (now - requests[0]))
         if principal.tpm_limit and spent >= principal.tpm_limit:
-            wait = WINDOW - (now - used[0][0])
-            raise self._refuse(f"{principal.tpm_limit} tokens per minute", wait, headers, "Tokens")
+            raise refusal(principal, TOKENS, len(requests), spent, WINDOW - (now - used[0][0]))
         if principal.parallel_limit and self._parallel[token] >= principal.parallel_limit:
-            raise self._refuse(f"{principal.parallel_limit} requests in parallel", 1.0, headers, None)
+            raise refusal(principal, PARALLEL, len(requests), spent, 1.0)
         requests.append(now)
         self._parallel[token] += 1
 
@@ -62,10 +57,23 @@ class TokenLimits:
 
         return release
 
-    @staticmethod
-    def _refuse(what: str, wait: float, headers: dict[str, str], kind: str | None) -> Overloaded:
-        if kind:
-            headers[f"X-RateLimit-Reset-{kind}"] = f"{max(wait, 0):.1f}s"
-        error = Overloaded(f"rate limit for this token reached: {what}", retry_after=max(wait, 1.0))
-        error.headers = headers
-        return error
+
+def refusal(principal: Principal, which: int, requests: int, spent: int, wait: float) -> Overloaded:
+    """The 429 for a limit reached, with OpenAI's X-RateLimit-* headers."""
+    headers = {}
+    if principal.rpm_limit:
+        headers["X-RateLimit-Limit-Requests"] = str(principal.rpm_limit)
+        headers["X-RateLimit-Remaining-Requests"] = str(max(0, principal.rpm_limit - requests))
+    if principal.tpm_limit:
+        headers["X-RateLimit-Limit-Tokens"] = str(principal.tpm_limit)
+        headers["X-RateLimit-Remaining-Tokens"] = str(max(0, principal.tpm_limit - spent))
+    what, kind = {
+        REQUESTS: (f"{principal.rpm_limit} requests per minute", "Requests"),
+        TOKENS: (f"{principal.tpm_limit} tokens per minute", "Tokens"),
+        PARALLEL: (f"{principal.parallel_limit} requests in parallel", None),
+    }[which]
+    if kind:
+        headers[f"X-RateLimit-Reset-{kind}"] = f"{max(wait, 0):.1f}s"
+    error = Overloaded(f"rate limit for this token reached: {what}", retry_after=max(wait, 1.0))
+    error.headers = headers
+    return error

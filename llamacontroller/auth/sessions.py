@@ -138,7 +138,7 @@ class LoginGuard:
     concurrent attempts cannot slip past the count while bcrypt runs. The table is bounded: at
     most `max_keys` entries, the least recently used dropped first, usernames cut to 64
     characters (no valid username is longer). In memory: a restart forgets the counts, and
-    several controllers each count their own."""
+    several controllers each count their own, unless they share Redis (auth/shared.py)."""
 
     IP_FACTOR = 4
 
@@ -170,7 +170,7 @@ class LoginGuard:
             failures.popleft()
         return failures
 
-    def begin(self, username: str, ip: str | None) -> None:
+    async def begin(self, username: str, ip: str | None) -> None:
         """Before checking a password: refuse (429) when locked out, else count the attempt."""
         now = time.monotonic()
         keys = self._keys(username, ip)
@@ -182,7 +182,7 @@ class LoginGuard:
         for key in keys:
             self._recent(key, now).append(now)
 
-    def succeeded(self, username: str, ip: str | None) -> None:
+    async def succeeded(self, username: str, ip: str | None) -> None:
         ip_key, user_key = self._keys(username, ip)
         self._failures.pop(user_key, None)
         failures = self._failures.get(ip_key)

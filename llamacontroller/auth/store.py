@@ -7,6 +7,7 @@ import hmac
 import re
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -88,6 +89,20 @@ class AuthStore:
         # hash -> (principal, valid until monotonic, token expiry). Revocation evicts explicitly.
         self._cache: dict[str, tuple[Principal, float, datetime | None]] = {}
         self._touched: dict[int, datetime] = {}
+        # With several instances (auth/shared.py): tells the others what to drop from their caches.
+        self.broadcast: Callable[[str | None], Awaitable[None]] | None = None
+
+    def drop_cached(self, digest: str | None) -> None:
+        """Forget one cached token (by its hash), or every one (None)."""
+        if digest is None:
+            self._cache.clear()
+        else:
+            self._cache.pop(digest, None)
+
+    async def _revoked(self, digest: str | None) -> None:
+        self.drop_cached(digest)
+        if self.broadcast is not None:
+            await self.broadcast(digest)
 
     # ---------------------------------------------------------------------------- users
 
@@ -153,7 +168,7 @@ class AuthStore:
                     .values(revoked_at=datetime.now(UTC))
                 )
             await db.commit()
-        self._cache.clear()  # role or disabled changed what every token of theirs may do
+        await self._revoked(None)  # role or disabled changed what every token of theirs may do
         return user, before
 
     async def delete_user(self, user_id: int) -> User:
@@ -163,7 +178,7 @@ class AuthStore:
                 raise NotFound(f"user {user_id} not found")
             await db.delete(user)
             await db.commit()
-        self._cache.clear()
+        await self._revoked(None)
         return user
 
     async def authenticate_password(self, username: str, password: str) -> User | None:
@@ -248,7 +263,7 @@ class AuthStore:
             if row.revoked_at is None:
                 row.revoked_at = datetime.now(UTC)
                 await db.commit()
-        self._cache.pop(row.token_hash, None)
+        await self._revoked(row.token_hash)
         return row
 
     def is_cached(self, token: str) -> bool:

@@ -151,6 +151,9 @@ class UpstreamCall(Response):
     async def _run(self, send: Send) -> None:
         ctx = self.ctx
         try:
+            # A stop under way (a restart for a config change, an eviction) is waited out before
+            # queueing for a slot: that wait is bounded by the drain, not by queue_timeout.
+            await ctx.engine.stopped_or_settled()
             async with ctx.gate.slot():
                 with await ctx.engine.acquire() as lease:
                     if ctx.on_lease:

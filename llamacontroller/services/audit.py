@@ -17,21 +17,28 @@ T = TypeVar("T")
 @dataclass(frozen=True, slots=True)
 class Actor:
     """The caller an audit record names: a principal (API or dashboard), nobody yet (a login),
-    or the console (the CLI on the server, with full power)."""
+    or the console (the CLI on the server, with full power), or the controller itself."""
 
     principal: Principal | None
     client_ip: str | None = None
     user_agent: str | None = None
     is_console: bool = False
+    system: str | None = None  # the controller itself, and why (SIGHUP, the config watcher)
 
     @classmethod
     def console(cls) -> Actor:
         return cls(None, is_console=True)
 
+    @classmethod
+    def system_actor(cls, why: str) -> Actor:
+        return cls(None, system=why)
+
     @property
     def name(self) -> str | None:
         if self.is_console:
             return "cli"
+        if self.system:
+            return f"system ({self.system})"
         return self.principal.username if self.principal else None
 
 

@@ -10,16 +10,20 @@ of the three goes through `apply_models`, one at a time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
+import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field
+from watchfiles import awatch
 
 from llamacontroller.auth.principal import Principal
 from llamacontroller.catalog.scan import merge, scan, signature
-from llamacontroller.config import ConfigError, ModelsConfig, load_settings
+from llamacontroller.config import CONFIG_FILES, ConfigError, ModelsConfig, Settings, load_settings
 from llamacontroller.errors import BadRequest, Forbidden, ModelNotFound
 from llamacontroller.services.audit import Actor, audited, record
 from llamacontroller.services.core import Services
@@ -158,16 +162,81 @@ async def switch(services: Services, actor: Actor, from_name: str | None, to_nam
 
 
 async def reload_config(services: Services, actor: Actor) -> dict[str, list[str]]:
-    """Re-read the YAML: new models appear, removed ones stop, changed ones restart."""
+    """Re-read the three YAML files and apply them: the one path for the API, SIGHUP and the file
+    watcher. All or nothing: an invalid file changes nothing (the error is logged and audited).
+
+    Engine settings and models apply as `apply_models` says (a model restarts only when what its
+    engine runs changed); auth settings apply to the next request, except `trusted_proxies`,
+    which the HTTP server reads once at start."""
     settings = services.settings
     try:
         fresh = load_settings(config_dir=settings.config_dir, data_dir=settings.data_dir)
     except ConfigError as exc:
+        log.error("config reload refused, nothing changed: %s", exc)
         await record(services, actor, "config.reload", "config", result=f"error: {exc}")
         raise BadRequest(str(exc)) from None
-    changes = await apply_models(services, fresh.models)
+    async with services.reload_lock:
+        before = settings.auth.model_dump(mode="json"), settings.llamacpp.model_dump(mode="json")
+        apply_auth(services, fresh)
+        settings.llamacpp = fresh.llamacpp
+        changes = await apply_models(services, fresh.models)
+        changes["settings"] = [
+            name
+            for name, old, new in (
+                ("auth", before[0], fresh.auth.model_dump(mode="json")),
+                ("llamacpp", before[1], fresh.llamacpp.model_dump(mode="json")),
+            )
+            if old != new
+        ]
+    if settings.auth.trusted_proxies != fresh.auth.trusted_proxies:
+        log.warning("auth.trusted_proxies changed: it applies after a restart")
+    log.info("config reloaded: %s", {k: v for k, v in changes.items() if v} or "no changes")
     await record(services, actor, "config.reload", "config", after=changes)
     return changes
+
+
+def apply_auth(services: Services, fresh: Settings) -> None:
+    """Auth settings for the next request; the parts kept outside `settings` follow."""
+    services.settings.auth = fresh.auth
+    services.sessions_store.config = fresh.auth
+    services.auth.cache_ttl = fresh.auth.token_cache_ttl
+    services.login_guard.threshold = fresh.auth.lockout_threshold
+    services.login_guard.seconds = fresh.auth.lockout_seconds
+
+
+async def watch_config(services: Services) -> None:
+    """Reload when one of the three files changes (written, replaced, created or removed)."""
+    folder = services.settings.config_dir
+    names = set(CONFIG_FILES.values())
+    actor = Actor.system_actor("config watcher")
+    async for changes in awatch(folder, debounce=400, step=50, recursive=False,
+                                watch_filter=lambda _, path: Path(path).name in names):
+        log.info("config files changed: %s", sorted({Path(path).name for _, path in changes}))
+        with contextlib.suppress(BadRequest):  # logged and audited by reload_config
+            await reload_config(services, actor)
+
+
+def reload_on_sighup(services: Services) -> Callable[[], None]:
+    """Install SIGHUP as "reload the config"; returns the function that removes it."""
+    loop = asyncio.get_running_loop()
+    tasks: set[asyncio.Task[Any]] = set()
+
+    async def reload() -> None:
+        log.info("SIGHUP: reloading the config")
+        with contextlib.suppress(BadRequest):
+            await reload_config(services, Actor.system_actor("SIGHUP"))
+
+    def handle() -> None:
+        task = loop.create_task(reload(), name="sighup-reload")
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, handle)
+
+    def remove() -> None:
+        loop.remove_signal_handler(signal.SIGHUP)
+
+    return remove
 
 
 # ------------------------------------------------------------------ the models the supervisor runs
@@ -184,7 +253,7 @@ async def apply_models(services: Services, yaml_models: ModelsConfig | None = No
         kept = {id(entry) for entry in merged.models}  # a scanned model the YAML shadows is not one
         services.scanned = {entry.id for entry in found if id(entry) in kept}
         changes = await services.supervisor.apply_models(merged)
-        services.rebuild_gates()
+        services.rebuild_gates(fresh=changes["restarted"])
         if any(changes.values()):
             services.models_version += 1
         return changes

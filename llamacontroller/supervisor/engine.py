@@ -32,6 +32,11 @@ from llamacontroller.supervisor.states import TRANSITIONS, IllegalTransition, St
 
 log = logging.getLogger(__name__)
 
+# Model fields a config reload applies to a running engine without restarting it.
+LIVE_FIELDS = {
+    "name", "aliases", "ttl", "max_concurrency", "queue_timeout", "request_timeout", "start_timeout", "sleep_on_evict"
+}
+
 Admit = Callable[["Engine"], Awaitable[None]]
 Changed = Callable[["Engine", State, State, str], None]
 
@@ -104,12 +109,8 @@ class Engine:
         admit: Admit,
         changed: Changed,
     ) -> None:
-        self.entry = entry
         self.settings = settings
-        self.backend, self.backend_reason = backends.resolve(entry, settings)
-        # Asked on every request: worked out once here.
-        self.capabilities = self.backend.capabilities(entry)
-        self.served_name = self.backend.served_name(entry)  # the client's `model` is rewritten to it
+        self._take(entry)
         self._http = http
         self._connect = connect
         self._pidfiles = pidfiles
@@ -128,12 +129,11 @@ class Engine:
         self.targets: list[Target] = []  # a remote model's URLs, made on start
         self.started_at: float | None = None  # wall clock, for uptime
         self.load_seconds: float | None = None
+        self.restarts = 0  # after a crash, by the supervisor
         self.in_flight = 0
         self.last_used = time.monotonic()
         # Set per request by Ollama's keep_alive; it governs this load only (cleared on stop).
         self.ttl_override: float | None = None
-        self.estimate_bytes = self._estimate()
-        self.need, self.gpu_fraction = self._need()
         self.placement: list[int] | None = None  # the GPUs admission chose (None: none needed)
 
         self._proc: asyncio.subprocess.Process | None = None
@@ -145,7 +145,17 @@ class Engine:
         self._idle.set()
         self._crashes: deque[float] = deque()
         self._launch_key: str | None = None
+        self._launched: str | None = None  # command_key() of what was last started
         self._asleep = False  # the process lives, put to sleep (State.SLEEPING until woken)
+
+    def _take(self, entry: ModelEntry) -> None:
+        """A definition and what follows from it (asked on every request: worked out once here)."""
+        self.entry = entry
+        self.backend, self.backend_reason = backends.resolve(entry, self.settings)
+        self.capabilities = self.backend.capabilities(entry)
+        self.served_name = self.backend.served_name(entry)  # the client's `model` is rewritten to it
+        self.estimate_bytes = self._estimate()
+        self.need, self.gpu_fraction = self._need()
 
     # ----------------------------------------------------------------------------- public API
 
@@ -188,6 +198,11 @@ class Engine:
                 await self._changed.wait()
                 continue
             await self.start()
+
+    async def stopped_or_settled(self) -> None:
+        """Return once no stop is under way (at once, almost always)."""
+        while self.state is State.STOPPING:
+            await self._changed.wait()
 
     async def start(self) -> None:
         """Load the model (or join the load under way); raises StartFailed if it cannot."""
@@ -247,6 +262,46 @@ class Engine:
             "last_log": [line.text for line in self.log.tail(10)] if self.state is State.FAILED else [],
         }
 
+    def command_key(self, entry: ModelEntry) -> str:
+        """What decides the engine's command line and environment: the entry without its live
+        fields, and the engine settings of llamacpp-config.yaml. A change here needs a restart."""
+        engine_settings = self.settings.llamacpp.model_dump(include={"binary", "default_args", "engines"})
+        return repr((entry.model_dump(exclude=LIVE_FIELDS), engine_settings, self.settings.llama_server_bin))
+
+    def reconfigure(self, entry: ModelEntry) -> bool:
+        """Take a new definition (config reload). Live fields (ttl, limits, aliases, name) apply at
+        once. A change to what the engine runs restarts a loaded engine: from now on new requests
+        wait (STOPPING), the old process finishes what it has in flight (up to drain_timeout) and
+        ends, and the new one starts; those requests go to it. Returns True when it restarts."""
+        loaded = self.state in (State.READY, State.SLEEPING)
+        if self._launched is None or self.command_key(entry) == self._launched or not loaded:
+            if self.state in (State.STARTING, State.STOPPING) and self.command_key(entry) != self._launched:
+                # Mid-transition: look again once it has settled.
+                self._spawn_helper(self._reconfigure_when_settled(entry), "reconfigure")
+                return True
+            self._take(entry)
+            return False
+        self._set(State.STOPPING, "config changed")
+        self._spawn_helper(self._restart(entry, was_ready=self.state is State.READY), "reconfigure")
+        return True
+
+    async def _reconfigure_when_settled(self, entry: ModelEntry) -> None:
+        while self.state in (State.STARTING, State.STOPPING):
+            await self._changed.wait()
+        self.reconfigure(entry)
+
+    async def _restart(self, entry: ModelEntry, *, was_ready: bool) -> None:
+        drain = self.settings.llamacpp.drain_timeout
+        if self.in_flight:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), drain)
+        await self._end_process()
+        self._take(entry)  # before STOPPED: a request waiting for the stop starts the new definition
+        self._set(State.STOPPED, "config changed")
+        if was_ready:
+            with contextlib.suppress(LlamaControllerError):
+                await self.start()
+
     async def close(self) -> None:
         """Controller shutdown: end everything this engine owns."""
         await self.close_after(0)
@@ -294,6 +349,7 @@ class Engine:
     async def _run_start(self) -> None:
         """Never raises: the outcome is the state (READY or FAILED) and last_error."""
         began = time.monotonic()
+        self._launched = self.command_key(self.entry)
         try:
             if not self.has_process:
                 await self._connect_remote()
@@ -394,6 +450,7 @@ class Engine:
     async def _restart_later(self, delay: float) -> None:
         await asyncio.sleep(delay)
         if self.state is State.FAILED:
+            self.restarts += 1
             with contextlib.suppress(LlamaControllerError):
                 await self.start()
 
@@ -438,6 +495,20 @@ class Engine:
                 return
         await self._end_process()
         self._set(State.STOPPED, reason)
+
+    async def scrape_metrics(self, timeout: float) -> str | None:
+        """The engine's own Prometheus text (llama-server --metrics, vLLM), or None when it has
+        none, is not running, or does not answer within `timeout`."""
+        if self.state is not State.READY or not self.has_process or backends.METRICS not in self.capabilities:
+            return None
+        headers = {"Authorization": f"Bearer {self._launch_key}"} if self._launch_key else None
+        try:
+            async with self._http().get(
+                self.base_url + "/metrics", headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)
+            ) as response:
+                return await response.text() if response.status == 200 else None
+        except (aiohttp.ClientError, TimeoutError, UnicodeDecodeError):
+            return None
 
     async def _engine_call(self, path: str) -> None:
         """POST to the engine's own control endpoint (vLLM's /sleep, /wake_up)."""

@@ -143,23 +143,28 @@ class Supervisor:
         return target
 
     async def apply_models(self, models: ModelsConfig) -> dict[str, list[str]]:
-        """Config reload: add new models, stop and drop removed ones, restart changed ones
-        (after their in-flight requests drain) so the next request starts the new definition."""
+        """Config reload: add new models, stop and drop removed ones (after they drain); a
+        changed model keeps its engine, which takes the new definition: live fields at once,
+        and a restart (after it drains) only where what the engine runs changed. Also called
+        after engine settings changed (llamacpp-config.yaml): each engine compares its command."""
         wanted = {entry.id: entry for entry in models.models}
         removed = [m for m in self.engines if m not in wanted]
         changed = [m for m, e in wanted.items() if m in self.engines and self.engines[m].entry != e]
         added = [m for m in wanted if m not in self.engines]
-        drain = self.settings.llamacpp.drain_timeout
-        for model_id in removed + changed:
-            await self.engines.pop(model_id).close_after(drain)
+        restarted = [m for m in self.engines if m in wanted and self.engines[m].reconfigure(wanted[m])]
         self.settings.models = models
-        self._names.clear()
-        for model_id in changed + added:
+        for model_id in added:
             self._add(wanted[model_id])
+        self._names.clear()
         for engine in self.engines.values():
+            if engine.id in removed:
+                continue
             for name in engine.entry.names:
                 self._names[model_key(name)] = engine
-        return {"added": added, "removed": removed, "changed": changed}
+        drain = self.settings.llamacpp.drain_timeout
+        for model_id in removed:
+            await self.engines.pop(model_id).close_after(drain)
+        return {"added": added, "removed": removed, "changed": changed, "restarted": restarted}
 
     # ------------------------------------------------------------------------- admission
 

@@ -101,14 +101,16 @@ async def terminate(proc: asyncio.subprocess.Process, timeout: float) -> int:
 
 
 class PidFiles:
-    """One JSON file per running engine: pid, command line, and the controller that owns it."""
+    """One JSON file per running engine: pid, command line, and the controller that owns it.
+    Several controllers may share a data dir: each names its files with its own pid and reaps
+    only engines whose controller is gone."""
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
 
     def _path(self, model_id: str) -> Path:
-        return self.run_dir / f"{quote(model_id, safe='')}.pid"
+        return self.run_dir / f"{quote(model_id, safe='')}.{os.getpid()}.pid"
 
     def record(self, model_id: str, pid: int, argv: Sequence[str]) -> None:
         payload = {"pid": pid, "argv": list(argv), "controller": os.getpid()}
@@ -127,7 +129,10 @@ class PidFiles:
             except (OSError, ValueError, KeyError, TypeError):
                 path.unlink(missing_ok=True)
                 continue
-            if record.get("controller") != os.getpid() and _runs(pid, argv):
+            owner = record.get("controller")
+            if owner == os.getpid() or (isinstance(owner, int) and _controller_alive(owner)):
+                continue  # ours, or a live controller's beside us
+            if _runs(pid, argv):
                 log.warning("killing engine pid %s left by a previous controller: %s", pid, argv[0])
                 _signal_group(pid, signal.SIGKILL)
                 with contextlib.suppress(psutil.Error):
@@ -135,6 +140,14 @@ class PidFiles:
                 killed.append(pid)
             path.unlink(missing_ok=True)
         return killed
+
+
+def _controller_alive(pid: int) -> bool:
+    try:
+        proc = psutil.Process(pid)
+        return proc.status() != psutil.STATUS_ZOMBIE and "llamacontroller" in " ".join(proc.cmdline())
+    except psutil.Error:
+        return False
 
 
 def _runs(pid: int, argv: Sequence[str]) -> bool:

@@ -57,7 +57,7 @@ async def login(
     ip = actor.client_ip
     guard = services.login_guard
     try:
-        guard.begin(username, ip)
+        await guard.begin(username, ip)
     except LlamaControllerError as exc:
         await record(services, actor, "login.failure", f"user:{username[:64]}", result="error: locked out")
         return _login_page(request, exc.message, 429)
@@ -71,7 +71,7 @@ async def login(
             result="error: wrong username or password",
         )
         return _login_page(request, "Wrong username or password.", 401)
-    guard.succeeded(username, ip)
+    await guard.succeeded(username, ip)
     cookie, _csrf = await services.sessions_store.create(user, ip, request.headers.get("user-agent"))
     await record(services, actor, "login.success", f"user:{user.username}")
     response = RedirectResponse(f"{_root(request)}/ui/", status_code=303)

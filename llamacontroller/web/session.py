@@ -4,11 +4,11 @@ actor the audit log names."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.templating import Jinja2Templates
+from jinja2 import Environment, PackageLoader
 from starlette.datastructures import FormData
 from starlette.responses import RedirectResponse, Response
 
@@ -17,7 +17,7 @@ from llamacontroller.auth.sessions import COOKIE, CSRF_FIELD, CSRF_HEADER, Sessi
 from llamacontroller.services.audit import Actor
 from llamacontroller.services.core import Services
 
-templates = Jinja2Templates(directory=str(Path(__file__).resolve().parents[2] / "templates"))
+templates = Jinja2Templates(env=Environment(loader=PackageLoader("llamacontroller"), autoescape=True))
 
 
 async def get_services(request: Request) -> Services:

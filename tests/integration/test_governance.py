@@ -18,16 +18,7 @@ import psycopg
 import pytest
 
 from tests.harness import SMOLLM2, Controller, model_entry, running_controller
-
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
-
-
-def _postgres_available() -> bool:
-    try:
-        with psycopg.connect(PG_ADMIN, connect_timeout=3):
-            return True
-    except psycopg.Error:
-        return False
+from tests.servers import create_database
 
 
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -36,12 +27,10 @@ def gov(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     env: dict[str, str] = {}
     database = None
     if request.param == "postgresql":
-        # CI has PostgreSQL (see the env notes); not having it is a failure, not a skip.
-        assert _postgres_available(), f"PostgreSQL is not reachable at {PG_ADMIN}"
+        # The test run's own throwaway server (tests/servers.py): needs no server already running.
+        pg_admin = request.getfixturevalue("postgres")
         database = f"lc_test_{secrets.token_hex(4)}"
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f"CREATE DATABASE {database}")
-        env["LLAMACONTROLLER_DATABASE_URL"] = f"postgresql://postgres@127.0.0.1:5432/{database}"
+        env["LLAMACONTROLLER_DATABASE_URL"] = create_database(pg_admin, database)
     root = tmp_path_factory.mktemp(f"gov-{request.param}")
     try:
         with running_controller(
@@ -58,7 +47,7 @@ def gov(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
             assert time.monotonic() - began < 20
     finally:
         if database:
-            with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            with psycopg.connect(pg_admin, autocommit=True) as conn:
                 conn.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
 
 

@@ -92,7 +92,13 @@ def test_config_check_and_help(controller: Controller) -> None:
 
 
 def test_config_reload_adds_and_removes_models(tmp_path: Path) -> None:
-    with running_controller(tmp_path, models=[model_entry("smollm2-135m", SMOLLM2)]) as ctl, ctl.client() as client:
+    # The API path on its own: no file watcher racing it (tests/integration/test_operations.py has that).
+    with (
+        running_controller(
+            tmp_path, models=[model_entry("smollm2-135m", SMOLLM2)], extra_env={"LLAMACONTROLLER_WATCH_CONFIG": "false"}
+        ) as ctl,
+        ctl.client() as client,
+    ):
         assert [m["id"] for m in client.get("/v1/models").json()["data"]] == ["smollm2-135m"]
         write_config(tmp_path, [model_entry("gemma3-270m", GEMMA3)])
         reloaded = client.post("/api/v1/config/reload")
@@ -101,6 +107,8 @@ def test_config_reload_adds_and_removes_models(tmp_path: Path) -> None:
             "added": ["gemma3-270m"],
             "removed": ["smollm2-135m"],
             "changed": [],
+            "restarted": [],
+            "settings": [],
         }
         assert [m["id"] for m in client.get("/v1/models").json()["data"]] == ["gemma3-270m"]
         answer = client.post("/v1/completions", json={"model": "gemma3-270m", "prompt": "Hi", "max_tokens": 2})

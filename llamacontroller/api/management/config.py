@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from llamacontroller.api.deps import AdminActor, ServicesDep
 from llamacontroller.services import models
@@ -16,6 +16,8 @@ class Reloaded(BaseModel):
     added: list[str]
     removed: list[str]
     changed: list[str]
+    restarted: list[str] = Field(description="Models whose engine restarts (after draining) for the change")
+    settings: list[str] = Field(description="Settings files besides the models that changed: auth, llamacpp")
 
 
 @router.post("/config/reload")
