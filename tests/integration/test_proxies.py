@@ -6,30 +6,20 @@ the one recorded, security headers survive the sub-path, and body limits hold.""
 from __future__ import annotations
 
 import contextlib
-import os
 import re
-import shutil
-import signal
-import ssl
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.harness import ROOT, SMOLLM2, Controller, die_with_parent, free_port, model_entry, running_controller
+from tests.harness import SMOLLM2, Controller, free_port, model_entry, running_controller
+from tests.proxies import run_caddy, run_nginx, self_signed, trust
 
 pytestmark = pytest.mark.slow
 
-DEPLOY = ROOT / "deploy"
 CLIENT_IP = "127.0.0.2"  # the test's client connects to the proxy from here; the proxy itself from 127.0.0.1
-
-
-def trust(ca: str) -> ssl.SSLContext:
-    return ssl.create_default_context(cafile=ca)
 
 
 @dataclass
@@ -60,32 +50,7 @@ def controller_at(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
 
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
-    folder = tmp_path_factory.mktemp("tls")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=DNS:localhost",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    os.chmod(folder, 0o755)  # nginx workers may run as another user
-    return str(cert), str(key)
+    return self_signed(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture(scope="module", params=["nginx", "caddy"])
@@ -101,94 +66,6 @@ def proxied(
     runner = run_nginx if request.param == "nginx" else run_caddy
     with runner(folder, prefix, port, controller_at.port, certificate) as ca:
         yield Proxied(controller_at, f"https://localhost:{port}{prefix}", ca, request.param, prefix)
-
-
-@contextlib.contextmanager
-def _serving(argv: list[str], folder: Path, port: int, ca: str, env: dict[str, str] | None = None) -> Iterator[str]:
-    with (folder / "proxy.log").open("wb") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=die_with_parent)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            with contextlib.suppress(httpx.HTTPError, OSError):
-                if httpx.get(f"https://localhost:{port}/", verify=trust(ca), timeout=2).status_code < 500:
-                    break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{argv[0]} did not start:\n{(folder / 'proxy.log').read_text()}")
-            time.sleep(0.1)
-        yield ca
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-@contextlib.contextmanager
-def run_nginx(folder: Path, prefix: str, port: int, upstream: int, cert: tuple[str, str]) -> Iterator[str]:
-    site = (DEPLOY / "nginx" / ("llamacontroller-subpath.conf" if prefix else "llamacontroller.conf")).read_text()
-    site = site.replace("server 127.0.0.1:3000;", f"server 127.0.0.1:{upstream};")
-    site = site.replace("listen 443 ssl;", f"listen 127.0.0.1:{port} ssl;")
-    site = re.sub(r"^(\s*)server_name [^;\n]+;", r"\1server_name localhost;", site, flags=re.M)
-    site = re.sub(r"^(\s*)ssl_certificate\s+[^;\n]+;", rf"\1ssl_certificate {cert[0]};", site, flags=re.M)
-    site = re.sub(r"^(\s*)ssl_certificate_key\s+[^;\n]+;", rf"\1ssl_certificate_key {cert[1]};", site, flags=re.M)
-    if prefix:
-        site = site.replace("/llm", prefix)
-    (folder / "site.conf").write_text(site)
-    temp = "\n".join(
-        f"    {kind}_temp_path {folder / kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    )
-    (folder / "nginx.conf").write_text(
-        f"""{"user root;" if os.geteuid() == 0 else ""}
-worker_processes 1;
-daemon off;
-pid {folder / "nginx.pid"};
-error_log {folder / "error.log"} info;
-events {{ worker_connections 256; }}
-http {{
-    access_log {folder / "access.log"};
-{temp}
-    include {folder / "site.conf"};
-}}
-"""
-    )
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    with _serving(
-        [nginx, "-p", str(folder), "-e", str(folder / "error.log"), "-c", str(folder / "nginx.conf")],
-        folder,
-        port,
-        cert[0],
-    ) as ca:
-        yield ca
-
-
-@contextlib.contextmanager
-def run_caddy(folder: Path, prefix: str, port: int, upstream: int, cert: tuple[str, str]) -> Iterator[str]:
-    site = (DEPLOY / "caddy" / ("Caddyfile.subpath" if prefix else "Caddyfile")).read_text()
-    site = site.replace("reverse_proxy 127.0.0.1:3000", f"reverse_proxy 127.0.0.1:{upstream}")
-    site = re.sub(r"^(llm\.)?example\.com \{", f"https://localhost:{port} {{\n    tls internal", site, flags=re.M)
-    if prefix:
-        site = site.replace("/llm", prefix)
-    globals_ = f"{{\n    admin off\n    skip_install_trust\n    http_port {free_port()}\n    https_port {port}\n}}\n"
-    (folder / "Caddyfile").write_text(globals_ + site)
-    env = {**os.environ, "HOME": str(folder), "XDG_DATA_HOME": str(folder / "data"), "XDG_CONFIG_HOME": str(folder)}
-    ca = folder / "data" / "caddy" / "pki" / "authorities" / "local" / "root.crt"
-    argv = ["caddy", "run", "--config", str(folder / "Caddyfile"), "--adapter", "caddyfile"]
-    with (folder / "proxy.log").open("wb") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=die_with_parent)
-    try:
-        deadline = time.monotonic() + 30
-        while not ca.exists():
-            assert proc.poll() is None and time.monotonic() < deadline, (folder / "proxy.log").read_text()
-            time.sleep(0.1)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(10)
-    # Its CA now exists: run it for real, waiting until it serves with a certificate from that CA.
-    with _serving(argv, folder, port, str(ca), env) as served:
-        yield served
 
 
 def login(client: httpx.Client, password: str) -> httpx.Response:
