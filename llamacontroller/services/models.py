@@ -207,6 +207,9 @@ def apply_auth(services: Services, fresh: Settings) -> None:
 async def watch_config(services: Services) -> None:
     """Reload when one of the three files changes (written, replaced, created or removed)."""
     folder = services.settings.config_dir
+    if not folder.is_dir():
+        log.info("no config dir %s: nothing to watch (SIGHUP and the API still reload)", folder)
+        return
     names = set(CONFIG_FILES.values())
     actor = Actor.system_actor("config watcher")
     async for changes in awatch(folder, debounce=400, step=50, recursive=False,
@@ -282,6 +285,8 @@ async def start_models(services: Services) -> asyncio.Task[None]:
     """At start: the catalog's models and unfinished jobs from the database, a scan of
     models_dir, then the task that keeps watching it (the caller cancels it at the end)."""
     services.catalog.changed = lambda: apply_models(services)
+    with contextlib.suppress(OSError):  # there to drop models into, from the first start
+        Path(services.yaml_models.models_dir).mkdir(parents=True, exist_ok=True)
     await services.catalog.start()
     await apply_models(services)
     return asyncio.create_task(watch_models_dir(services), name="models-dir")

@@ -167,7 +167,10 @@ def _ask(
     assert isinstance(event, h11.Response), received[:200]
     # Date changes by the second; Content-Length follows the dialect's error body (the shapes differ
     # on purpose: OpenAI's envelope, Ollama's {"error": ...}).
-    headers = {k: v for k, v in event.headers if k not in (b"date", b"content-length")}
+    # Each answer has its own request id: compared by presence, not value.
+    headers = {
+        k: v if k != b"x-request-id" else b"<id>" for k, v in event.headers if k not in (b"date", b"content-length")
+    }
     return continued, event.status_code, headers
 
 
