@@ -286,7 +286,7 @@ async def start_models(services: Services) -> asyncio.Task[None]:
     models_dir, then the task that keeps watching it (the caller cancels it at the end)."""
     services.catalog.changed = lambda: apply_models(services)
     with contextlib.suppress(OSError):  # there to drop models into, from the first start
-        Path(services.yaml_models.models_dir).mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(Path(services.yaml_models.models_dir).mkdir, parents=True, exist_ok=True)
     await services.catalog.start()
     await apply_models(services)
     return asyncio.create_task(watch_models_dir(services), name="models-dir")
