@@ -106,6 +106,13 @@ class LlamaCppConfig(_Strict):
     )
     restart_limit: int = Field(3, ge=0, description="Automatic restarts after crashes allowed within restart_window.")
     restart_window: float = Field(300.0, gt=0, description="Window, in seconds, for restart_limit.")
+    watchdog_interval: float = Field(
+        2.0, ge=0, description="Seconds between health probes of a ready engine (0 = no watchdog)."
+    )
+    watchdog_timeout: float = Field(2.0, gt=0, description="Seconds a watchdog health probe may take.")
+    watchdog_failures: int = Field(
+        3, gt=0, description="Failed probes in a row after which a hung engine is killed and restarted."
+    )
     engines: EnginesConfig = Field(
         default_factory=EnginesConfig, description="Where the other engines are and how they run."
     )

@@ -17,10 +17,11 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from llamacontroller.errors import LlamaControllerError
+from llamacontroller.errors import LlamaControllerError, ServiceUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -154,9 +155,20 @@ def install(app: FastAPI) -> None:
             dialect_for(_path(request)), exc.status_code, message, code, headers=dict(exc.headers or {})
         )
 
+    @app.exception_handler(DBAPIError)
+    async def _database(request: Request, exc: DBAPIError) -> Response:
+        return render(dialect_for(_path(request)), database_unavailable(exc))
+
     @app.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return error_response(
             dialect_for(_path(request)), 500, "internal error; see the controller log", "internal_error"
         )
+
+
+def database_unavailable(exc: DBAPIError) -> ServiceUnavailable:
+    """The database did not answer (or refused the connection): 503 with Retry-After, not a 500.
+    Inference with a cached token goes on meanwhile; usage rows wait in the writer's queue."""
+    log.error("database error: %s", str(exc.orig or exc).splitlines()[0][:300])
+    return ServiceUnavailable("the database is unavailable; retry shortly", retry_after=5)

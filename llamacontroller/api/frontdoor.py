@@ -29,11 +29,12 @@ import time
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
+from sqlalchemy.exc import DBAPIError
 from starlette.responses import RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llamacontroller.api.deps import MAX_BODY, REQUEST_ID
-from llamacontroller.api.errors import dialect_for, error_response, render
+from llamacontroller.api.errors import database_unavailable, dialect_for, error_response, render
 from llamacontroller.auth.principal import Principal
 from llamacontroller.auth.sessions import COOKIE, CSRF_HEADER, SAFE_METHODS, check_csrf
 from llamacontroller.config import Settings
@@ -171,6 +172,9 @@ class FrontDoor:
             return
         except _ToLogin:
             await _login_redirect(scope)(scope, receive, send)
+            return
+        except DBAPIError as exc:  # checking the credential needed the database, which is down
+            await render(dialect, database_unavailable(exc))(scope, receive, send)
             return
         except Exception:
             # The front door sits outside FastAPI's error handlers: answer a bug here itself.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -115,7 +116,8 @@ def _message(message: Any) -> dict[str, Any]:
     if message.get("tool_calls"):
         out["tool_calls"] = [
             {
-                "id": f"call_{i}",
+                # The id the client got with the call (and will quote in the tool's answer), kept.
+                "id": call["id"] if isinstance(call.get("id"), str) and call["id"] else f"call_{i}",
                 "type": "function",
                 "function": {
                     "name": call.get("function", {}).get("name"),
@@ -127,6 +129,8 @@ def _message(message: Any) -> dict[str, Any]:
         ]
     if message["role"] == "tool" and message.get("tool_name"):
         out["name"] = message["tool_name"]
+    if message["role"] == "tool" and isinstance(message.get("tool_call_id"), str):
+        out["tool_call_id"] = message["tool_call_id"]
     if message.get("thinking") and message["role"] == "assistant":
         out["reasoning_content"] = message["thinking"]
     return out
@@ -235,7 +239,9 @@ class NDJSONTranslator:
         thinking = delta.get("reasoning_content")
         for call in delta.get("tool_calls") or []:
             # Tool-call deltas arrive in pieces: name first, arguments in fragments.
-            slot = self._tools.setdefault(call.get("index", 0), {"name": "", "arguments": ""})
+            slot = self._tools.setdefault(call.get("index", 0), {"name": "", "arguments": "", "id": ""})
+            if isinstance(call.get("id"), str) and call["id"]:
+                slot["id"] = call["id"]
             function = call.get("function") or {}
             slot["name"] += function.get("name") or ""
             slot["arguments"] += function.get("arguments") or ""
@@ -287,14 +293,22 @@ class NDJSONTranslator:
                 arguments = json.loads(slot["arguments"]) if slot["arguments"] else {}
             except ValueError:
                 arguments = {"_raw": slot["arguments"]}
-            calls.append({"function": {"index": index, "name": slot["name"], "arguments": arguments}})
+            calls.append(
+                {
+                    "id": slot["id"] or f"call_{secrets.token_hex(8)}",
+                    "function": {"index": index, "name": slot["name"], "arguments": arguments},
+                }
+            )
         return calls
 
     def _stats(self) -> dict[str, Any]:
         end = time.perf_counter()
         ns = 1_000_000_000
-        prompt_n = self._timings.get("prompt_n", self._usage.get("prompt_tokens", 0))
-        eval_n = self._timings.get("predicted_n", self._usage.get("completion_tokens", 0))
+        # The whole prompt, as Ollama counts it: llama.cpp's prompt_n leaves out what came from
+        # its prompt cache (cache_n), which Ollama reports on its own as prompt_eval_cached_count.
+        cached = int(self._timings.get("cache_n") or 0)
+        prompt_n = self._usage.get("prompt_tokens") or (int(self._timings.get("prompt_n") or 0) + cached)
+        eval_n = self._usage.get("completion_tokens") or self._timings.get("predicted_n", 0)
         load = (self.lease_at - self.began) if self.lease_at else 0.0
         if "prompt_ms" in self._timings:
             prompt_s = self._timings["prompt_ms"] / 1000
@@ -308,6 +322,7 @@ class NDJSONTranslator:
             "total_duration": int((end - self.began) * ns),
             "load_duration": int(load * ns),
             "prompt_eval_count": int(prompt_n or 0),
+            "prompt_eval_cached_count": cached,
             "prompt_eval_duration": int(prompt_s * ns),
             "eval_count": int(eval_n or 0),
             "eval_duration": int(eval_s * ns),

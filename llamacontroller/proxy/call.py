@@ -117,8 +117,9 @@ class UpstreamCall(Response):
     def client_left(self, task: asyncio.Task[Any]) -> None:
         """The client disconnected: cancel the task running the call (unless it is over).
         Cancelling closes the upstream connection, which makes llama-server abort the
-        generation (its slot goes idle at once)."""
-        if not self.done:
+        generation (its slot goes idle at once). A client that closes as soon as it reads
+        `data: [DONE]` (the openai client does) left after a whole answer: not a disconnect."""
+        if not self.done and not (self.ctx.stream and self.tap.finished()):
             self.client_gone = True
             task.cancel()
 
@@ -178,6 +179,8 @@ class UpstreamCall(Response):
             await self._send_error(send, exc)
         else:
             await self._in_band(send, exc.message)
+            # The headers said 200, but the answer ended in an error: the usage row records that.
+            self.status = exc.status
 
     async def _open_any(self, lease: Lease) -> UpstreamResponse:
         """Open the request on the lease's address; a remote model with several URLs moves on

@@ -57,8 +57,9 @@ class UsageTap:
                 prompt = usage.get("prompt_tokens", prompt)
                 completion = usage.get("completion_tokens", completion)
             timings = obj.get("timings")
-            if isinstance(timings, dict) and prompt is None:
-                prompt = timings.get("prompt_n")
+            if isinstance(timings, dict) and prompt is None and "prompt_n" in timings:
+                # prompt_n leaves out the tokens llama.cpp took from its prompt cache (cache_n).
+                prompt = int(timings.get("prompt_n") or 0) + int(timings.get("cache_n") or 0)
                 completion = timings.get("predicted_n")
         return prompt, completion
 

@@ -28,6 +28,7 @@ from llamacontroller.config import ModelEntry, Settings
 from llamacontroller.errors import StartFailed
 from llamacontroller.paths import engine_python, file_safe, llama_server_cache_binary
 from llamacontroller.supervisor import memory
+from llamacontroller.supervisor.gguf_header import GGUFError, read_header
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,12 @@ class Backend:
 
     def launch(self, entry: ModelEntry, settings: Settings, port: int) -> Launch:
         raise NotImplementedError
+
+    def preflight(self, entry: ModelEntry) -> None:
+        """Raise StartFailed, naming the cause, when the model cannot load (checked before
+        anything is evicted for it); blocking, run off the event loop. Other engines take Hub
+        names as paths and check for themselves."""
+        return None
 
     def estimate(self, entry: ModelEntry, settings: Settings) -> int | None:
         """Bytes of RAM the engine's process tree will hold, or None when unknown."""
@@ -152,6 +159,17 @@ class LlamaCpp(Backend):
             argv.append("--reranking")
         env = {**_base_env(entry, settings), "LLAMA_API_KEY": key}
         return Launch([*argv, *entry.args], env, api_key=key)
+
+    def preflight(self, entry: ModelEntry) -> None:
+        path = Path(str(entry.path))
+        if not path.is_file():
+            raise StartFailed(f"model {entry.id!r}: {path} {'is not a file' if path.exists() else 'does not exist'}")
+        try:
+            read_header(path).check_complete(path)
+        except GGUFError as exc:
+            raise StartFailed(f"model {entry.id!r} cannot load: {exc}") from None
+        except OSError as exc:
+            raise StartFailed(f"model {entry.id!r}: cannot read {path}: {exc.strerror or exc}") from None
 
     def estimate(self, entry: ModelEntry, settings: Settings) -> int | None:
         return memory.estimate_bytes(Path(str(entry.path)), entry.ctx_size)

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import aiohttp
@@ -27,7 +28,7 @@ from llamacontroller.paths import file_safe
 from llamacontroller.supervisor import backends, memory, remote
 from llamacontroller.supervisor.logs import EngineLog
 from llamacontroller.supervisor.remote import Connect, Connections, Target
-from llamacontroller.supervisor.spawn import PidFiles, free_port, rss_bytes, spawn, terminate
+from llamacontroller.supervisor.spawn import PidFiles, free_port, kill_group, rss_bytes, spawn, terminate
 from llamacontroller.supervisor.states import TRANSITIONS, IllegalTransition, State
 
 log = logging.getLogger(__name__)
@@ -130,6 +131,9 @@ class Engine:
         self.started_at: float | None = None  # wall clock, for uptime
         self.load_seconds: float | None = None
         self.restarts = 0  # after a crash, by the supervisor
+        self.hung: str | None = None  # set by the watchdog when it kills a hung engine
+        self._failed_starts = 0  # in a row; requests wait out a growing backoff after each
+        self._retry_at = 0.0
         self.in_flight = 0
         self.last_used = time.monotonic()
         # Set per request by Ollama's keep_alive; it governs this load only (cleared on stop).
@@ -197,6 +201,13 @@ class Engine:
             if self.state is State.STOPPING:
                 await self._changed.wait()
                 continue
+            wait = self._retry_at - time.monotonic()
+            if self.state is State.FAILED and wait > 0:
+                # A failed start is not tried again by every request: they get its cause at once.
+                raise StartFailed(
+                    f"model {self.id!r} failed to start: {self.last_error} (next try in {wait:.0f}s)",
+                    retry_after=wait,
+                )
             await self.start()
 
     async def stopped_or_settled(self) -> None:
@@ -338,9 +349,9 @@ class Engine:
         if self.in_flight == 0:
             self._idle.set()
 
-    def _spawn_helper(self, coro: Awaitable[Any], name: str) -> None:
-        task = asyncio.ensure_future(coro)
-        task.set_name(f"{name} {self.id}")
+    def _spawn_helper(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
+        # A context of its own: a helper outlives the request that started it (and its request id).
+        task = asyncio.get_running_loop().create_task(coro, name=f"{name} {self.id}", context=contextvars.Context())
         self._helpers.add(task)
         task.add_done_callback(self._helpers.discard)
 
@@ -357,19 +368,26 @@ class Engine:
                 self.last_error = None
                 self._set(State.READY, f"{healthy} of {len(self.targets)} upstream URL(s) healthy")
                 return
+            if not self._asleep:
+                # A file that cannot load fails here, before anything is evicted for it.
+                await asyncio.to_thread(self.backend.preflight, self.entry)
             await self._admit(self)
             if self._asleep:
                 await self._engine_call("/wake_up")
                 self._asleep = False
             else:
                 await self._launch()
+            self.last_used = time.monotonic()  # a load is a use: the idle clock (ttl) starts now
             self.load_seconds = round(time.monotonic() - began, 3)
             self.last_error = None
+            self._failed_starts, self._retry_at = 0, 0.0
             self._set(State.READY, f"healthy after {self.load_seconds:.2f}s")
         except asyncio.CancelledError:
             return  # stop() cancelled the start; it owns the cleanup
         except Exception as exc:
             self.last_error = str(exc) if isinstance(exc, LlamaControllerError) else repr(exc)
+            self._retry_at = time.monotonic() + min(2.0**self._failed_starts, 30.0)
+            self._failed_starts += 1
             if self.has_process:
                 await self._end_process()  # a remote model's URLs stay, and are probed on
             self._set(State.FAILED, self.last_error)
@@ -391,6 +409,38 @@ class Engine:
         self._spawn_helper(self._watch(proc), "watch")
         timeout = self.entry.start_timeout or self.settings.llamacpp.start_timeout
         await self._wait_healthy(proc, launch.health_path, timeout, launch.api_key)
+        if self.settings.llamacpp.watchdog_interval:
+            self._spawn_helper(self._watchdog(proc, launch.health_path, launch.api_key), "watchdog")
+
+    async def _watchdog(self, proc: asyncio.subprocess.Process, path: str, key: str | None) -> None:
+        """Probe a ready engine's health; after `watchdog_failures` probes in a row without an
+        answer (a hung or SIGSTOPped engine), kill it: its in-flight requests fail at once (their
+        connections drop) and the crash path restarts it."""
+        config = self.settings.llamacpp
+        headers = {"Authorization": f"Bearer {key}"} if key else None
+        failures = 0
+        while self._proc is proc:
+            await asyncio.sleep(config.watchdog_interval if failures == 0 else 0.5)
+            if self._proc is not proc or self.state is not State.READY:
+                if self._proc is not proc:
+                    return
+                failures = 0
+                continue
+            try:
+                async with self._http().get(
+                    self.base_url + path, headers=headers, timeout=aiohttp.ClientTimeout(total=config.watchdog_timeout)
+                ) as response:
+                    healthy = response.status == 200
+            except (aiohttp.ClientError, TimeoutError):
+                healthy = False
+            failures = 0 if healthy else failures + 1
+            if failures >= config.watchdog_failures and self._proc is proc and self.state is State.READY:
+                message = f"engine did not answer {failures} health probes in a row (watchdog): killed"
+                log.warning("model %s: %s", self.id, message)
+                self.log.append(f"[controller] {message}")
+                self.hung = message
+                kill_group(proc.pid)
+                return
 
     async def _wait_healthy(
         self, proc: asyncio.subprocess.Process, path: str, timeout: float, launch_key: str | None = None
@@ -430,8 +480,9 @@ class Engine:
         self._pidfiles.forget(self.id)
         self._proc, self.pid, self.port = None, None, None
         self.last_exit_code = code
-        await asyncio.sleep(0.05)  # the output pump's last lines belong in the error
-        self.last_error = f"engine exited unexpectedly with code {code}"
+        # FAILED at once: no request may find it READY without a process. (Its last output
+        # lines reach the status's last_log as the output pump reads them.)
+        self.last_error, self.hung = self.hung or f"engine exited unexpectedly with code {code}", None
         self._set(State.FAILED, self.last_error)
         self._schedule_restart()
 

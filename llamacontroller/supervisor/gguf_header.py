@@ -45,6 +45,16 @@ class Header:
     metadata: dict[str, Any]  # long arrays appear as {"array_length": n}
     tensor_bytes: int
     tensor_count: int
+    data_start: int = 0  # where the tensor data begins (after the header, aligned)
+    file_size: int = 0
+
+    def check_complete(self, path: Path) -> None:
+        """Raise GGUFError when the file is too short to hold its tensors (a cut download)."""
+        needed = self.data_start + self.tensor_bytes
+        if self.file_size < needed:
+            raise GGUFError(
+                f"{path} is truncated: {self.file_size:,} bytes, its tensors need at least {needed:,}"
+            )
 
 
 class _Cursor:
@@ -117,6 +127,9 @@ def read_header(path: Path) -> Header:
                 for dim in dims:
                     elements *= dim
                 tensor_bytes += elements // block * size
+            alignment = int(metadata.get("general.alignment", 32)) or 32
+            data_start = (cursor.pos + alignment - 1) // alignment * alignment
+            file_size = len(buf)
         except (struct.error, ValueError, KeyError, IndexError) as exc:
             raise GGUFError(f"{path}: damaged GGUF header: {exc}") from None
-    return Header(version, metadata, tensor_bytes, tensor_count)
+    return Header(version, metadata, tensor_bytes, tensor_count, data_start, file_size)

@@ -80,6 +80,11 @@ async def spawn(
     )
 
 
+def kill_group(pid: int) -> None:
+    """SIGKILL the process and its group: for an engine that no longer answers (even SIGSTOPped)."""
+    _signal_group(pid, signal.SIGKILL)
+
+
 def _signal_group(pid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)  # the child leads its own session, so its pgid is its pid

@@ -67,7 +67,17 @@ def test_stream_translation_with_timings_and_tool_call_deltas() -> None:
     out += t.feed(sse({"choices": [{"delta": {"content": "lo"}}]})[:10])  # split mid-line
     out += t.feed(sse({"choices": [{"delta": {"content": "lo"}}]})[10:])
     out += t.feed(
-        sse({"choices": [{"delta": {"tool_calls": [{"index": 0, "function": {"name": "get", "arguments": '{"a"'}}]}}]})
+        sse(
+            {
+                "choices": [
+                    {
+                        "delta": {
+                            "tool_calls": [{"index": 0, "id": "tc-9", "function": {"name": "get", "arguments": '{"a"'}}]
+                        }
+                    }
+                ]
+            }
+        )
     )
     out += t.feed(sse({"choices": [{"delta": {"tool_calls": [{"index": 0, "function": {"arguments": ": 2}"}}]}}]}))
     out += t.feed(
@@ -83,7 +93,9 @@ def test_stream_translation_with_timings_and_tool_call_deltas() -> None:
     assert [line["message"]["content"] for line in lines[:-1]] == ["Hel", "lo"]
     final = lines[-1]
     assert final["done"] is True and final["done_reason"] == "stop"
-    assert final["message"]["tool_calls"] == [{"function": {"index": 0, "name": "get", "arguments": {"a": 2}}}]
+    assert final["message"]["tool_calls"] == [
+        {"id": "tc-9", "function": {"index": 0, "name": "get", "arguments": {"a": 2}}}
+    ]
     assert final["prompt_eval_count"] == 5 and final["eval_count"] == 3
     assert final["prompt_eval_duration"] == 10_000_000 and final["eval_duration"] == 30_000_000
 
@@ -128,3 +140,47 @@ def test_embed() -> None:
         {"data": [{"index": 1, "embedding": [2.0]}, {"index": 0, "embedding": [1.0]}], "usage": {"prompt_tokens": 3}}
     )
     assert out["embeddings"] == [[1.0], [2.0]] and out["prompt_eval_count"] == 3
+
+
+def test_ollama_tool_calls_keep_their_ids_both_ways() -> None:
+    # Regression (#18): no id on tool calls, tool_call_id on tool results dropped, ids renumbered.
+    request = tr.chat_request(
+        {
+            "model": "m",
+            "messages": [
+                {"role": "user", "content": "weather?"},
+                {
+                    "role": "assistant",
+                    "content": "",
+                    "tool_calls": [
+                        {"id": "call_abc", "function": {"name": "w", "arguments": {}}},
+                        {"id": "call_def", "function": {"name": "w", "arguments": {}}},
+                    ],
+                },
+                {"role": "tool", "content": "sunny", "tool_call_id": "call_def"},
+            ],
+        }
+    )
+    assert [c["id"] for c in request["messages"][1]["tool_calls"]] == ["call_abc", "call_def"]
+    assert request["messages"][2]["tool_call_id"] == "call_def"
+    t = tr.NDJSONTranslator("m:latest", kind="chat", stream=False, began=0.0)
+    t.feed(sse({"choices": [{"delta": {"tool_calls": [{"index": 0, "function": {"name": "w", "arguments": "{}"}}]}}]}))
+    t.feed(sse({"choices": [{"finish_reason": "tool_calls", "delta": {}}]}))
+    call = json.loads(t.finish())["message"]["tool_calls"][0]
+    assert call["id"].startswith("call_") and len(call["id"]) > 8  # an engine without ids: one of ours
+
+
+def test_prompt_eval_count_includes_the_cached_prompt() -> None:
+    # Regression (#18): llama.cpp's prompt_n leaves out cache_n; Ollama counts the whole prompt.
+    t = tr.NDJSONTranslator("m:latest", kind="chat", stream=False, began=0.0)
+    t.feed(sse({"choices": [{"delta": {"content": "a"}}]}))
+    t.feed(
+        sse(
+            {
+                "choices": [{"finish_reason": "stop", "delta": {}}],
+                "timings": {"prompt_n": 1, "cache_n": 35, "prompt_ms": 1, "predicted_n": 1, "predicted_ms": 1},
+            }
+        )
+    )
+    final = json.loads(t.finish())
+    assert final["prompt_eval_count"] == 36 and final["prompt_eval_cached_count"] == 35

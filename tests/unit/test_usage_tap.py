@@ -22,6 +22,13 @@ def test_llama_cpp_timings_when_no_usage() -> None:
     assert tap.tokens() == (5, 9)
 
 
+def test_timings_count_the_prompt_tokens_taken_from_the_cache() -> None:
+    # Regression (#18): a stream without usage counted only the uncached prompt (prompt_n).
+    tap = UsageTap(stream=True)
+    tap.feed(sse({"choices": [], "timings": {"prompt_n": 1, "cache_n": 35, "predicted_n": 9}}))
+    assert tap.tokens() == (36, 9)
+
+
 def test_non_stream_body() -> None:
     tap = UsageTap(stream=False)
     tap.feed(json.dumps({"usage": {"prompt_tokens": 1, "completion_tokens": 2}}).encode())
