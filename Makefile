@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: setup system-deps python-deps llama-server engines models run test lint bench clean
+.PHONY: setup system-deps python-deps llama-server engines models run test lint bench soak clean
 
 setup: system-deps python-deps llama-server engines models
 
@@ -55,6 +55,10 @@ bench: setup
 	$(BIN)/python bench/upstream_clients.py
 	$(BIN)/python bench/pull.py --rate 125000000
 	$(BIN)/python bench/pull.py
+
+# Ten minutes of mixed traffic with switches and kills, then 1,000 concurrent streams (docs/reliability.md).
+soak: setup
+	$(BIN)/python bench/soak.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -15,6 +15,7 @@ Each API dialect renders them in one place (api/errors.py). The tree:
     ├── ModelUnavailable           the model cannot serve now (503)
     │   ├── StartFailed            the engine did not become healthy
     │   ├── InsufficientMemory     admission refused it
+    │   ├── StartInterrupted       an unload or switch stopped the start it waited for
     │   └── DrainTimeout           a busy model could not be stopped in time
     ├── ServiceUnavailable         a service the controller needs (Redis) does not answer (503)
     ├── NotSupported               a known route this server does not offer yet (501)
@@ -90,6 +91,10 @@ class ModelUnavailable(LlamaControllerError):
 
 class StartFailed(ModelUnavailable):
     code = "model_start_failed"
+
+
+class StartInterrupted(ModelUnavailable):
+    code = "model_unloaded"
 
 
 class InsufficientMemory(ModelUnavailable):

@@ -319,7 +319,8 @@ class _Sent:
         client = scope.get("client")
         fields = {
             "method": scope["method"],
-            "path": scope["path"][:200],
+            # Escaped: a decoded path may hold a newline, which would forge a log line.
+            "path": scope["path"][:200].encode("unicode_escape").decode("ascii"),
             "status": self.status or 499,  # the client left before any answer
             "duration_ms": round((time.perf_counter() - self.began) * 1000, 1),
             "client_ip": client[0] if client else None,

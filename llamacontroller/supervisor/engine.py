@@ -23,7 +23,7 @@ from typing import Any
 import aiohttp
 
 from llamacontroller.config import ModelEntry, Settings
-from llamacontroller.errors import DrainTimeout, LlamaControllerError, ModelUnavailable, StartFailed
+from llamacontroller.errors import DrainTimeout, LlamaControllerError, StartFailed, StartInterrupted
 from llamacontroller.paths import file_safe
 from llamacontroller.supervisor import backends, memory, remote
 from llamacontroller.supervisor.logs import EngineLog
@@ -186,7 +186,10 @@ class Engine:
         return rss_bytes(self.pid)
 
     async def acquire(self) -> Lease:
-        """A lease on the ready engine, starting it if needed. Waits out a stop under way."""
+        """A lease on the ready engine, starting it if needed. Waits out a stop under way. A
+        request whose start a switch or unload stopped starts it again (twice at most): it was
+        waiting, not in flight, and nothing asked for it to fail."""
+        interrupted = 0
         while True:
             if self.state is State.READY:
                 # No await between the check and the count: nothing can stop us in between.
@@ -208,7 +211,12 @@ class Engine:
                     f"model {self.id!r} failed to start: {self.last_error} (next try in {wait:.0f}s)",
                     retry_after=wait,
                 )
-            await self.start()
+            try:
+                await self.start()
+            except StartInterrupted:
+                interrupted += 1
+                if interrupted > 2:
+                    raise
 
     async def stopped_or_settled(self) -> None:
         """Return once no stop is under way (at once, almost always)."""
@@ -230,7 +238,7 @@ class Engine:
         if outcome is State.FAILED:
             raise StartFailed(f"model {self.id!r} failed to start: {self.last_error}")
         if outcome is not State.READY:
-            raise ModelUnavailable(f"model {self.id!r} was unloaded while it was starting")
+            raise StartInterrupted(f"model {self.id!r} was unloaded while it was starting")
 
     async def stop(self, *, drain: float, force: bool, reason: str, sleep: bool = False) -> None:
         """Unload: refuse new leases, wait up to `drain` for in-flight ones, then end the process
@@ -421,9 +429,9 @@ class Engine:
         failures = 0
         while self._proc is proc:
             await asyncio.sleep(config.watchdog_interval if failures == 0 else 0.5)
-            if self._proc is not proc or self.state is not State.READY:
-                if self._proc is not proc:
-                    return
+            if self._proc is not proc:
+                return
+            if self.state is not State.READY:  # asleep or draining: not probed
                 failures = 0
                 continue
             try:

@@ -254,3 +254,11 @@ def test_a_stream_read_to_the_end_is_not_logged_as_a_disconnect(controller: Cont
     assert not [line for line in log.splitlines() if "read-to-done" in line and "disconnected" in line]
     row = controller.usage_row(lambda r: r["request_id"] == "read-to-done-19")
     assert row["status"] == 200
+
+
+def test_a_path_cannot_forge_access_log_lines(controller: Controller) -> None:
+    forged = "/v1/x%0A2026-01-01 00:00:00,000 INFO    llamacontroller.access: GET /admin 200"
+    httpx.get(f"{controller.url}{forged}", headers={"X-Request-ID": "forged-line"})
+    time.sleep(0.2)
+    lines = [line for line in controller.log().splitlines() if "GET /admin 200" in line]
+    assert lines and all("[forged-line]" in line and "\\n" in line for line in lines)
