@@ -172,13 +172,20 @@ class Supervisor:
         """Make room for `engine`: stop idle models LRU first; wait for busy ones to drain."""
         async with self._admission:
             running = [e for e in self.engines.values() if e is not engine and e.has_process and e.state in LOADED]
+            # A model still starting is wanted by the requests waiting for it: it counts, but is not
+            # a victim (stopping it would fail them, and they would start it again).
+            starting = [e for e in running if e.state is State.STARTING]
             engine.placement = self._place(engine)
             need = engine.need.ram
             plan = plan_eviction(
-                [Candidate(e.id, e.rss() or e.estimate_bytes or 0, e.in_flight, e.last_used) for e in running],
+                [
+                    Candidate(e.id, e.rss() or e.estimate_bytes or 0, e.in_flight, e.last_used)
+                    for e in running
+                    if e.state is not State.STARTING
+                ],
                 need_bytes=need,
                 free_bytes=self._free_bytes(running),
-                max_loaded=self.settings.models.max_loaded_models,
+                max_loaded=self.settings.models.max_loaded_models - len(starting),
             )
             if not plan.fits:
                 raise InsufficientMemory(f"not enough memory for {engine.id!r}: {plan.reason}", retry_after=30)
