@@ -253,6 +253,16 @@ def wait_no_engines(data_dir: Path, timeout: float = 10) -> None:
     assert not left, f"engine processes outlived the controller: {left}"
 
 
+def wait_started(ready: Callable[[], bool], proc: subprocess.Popen[bytes], log: Path, timeout: float = 30) -> None:
+    """Poll `ready` until it holds; a server that exits or takes longer than `timeout` fails
+    the test with its log."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{proc.args[0]} did not start:\n{log.read_text(errors='replace')}")  # type: ignore[index]
+        time.sleep(0.05)
+
+
 def wait_http(url: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.harness import ROOT, die_with_parent, free_port
+from tests.harness import ROOT, die_with_parent, free_port, wait_started
 
 DEPLOY = ROOT / "deploy"
 
@@ -58,15 +58,14 @@ def self_signed(folder: Path) -> tuple[str, str]:
 def _serving(argv: list[str], folder: Path, port: int, ca: str, env: dict[str, str] | None = None) -> Iterator[str]:
     with (folder / "proxy.log").open("wb") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=die_with_parent)
+
+    def ready() -> bool:
+        with contextlib.suppress(httpx.HTTPError, OSError):
+            return httpx.get(f"https://localhost:{port}/", verify=trust(ca), timeout=2).status_code < 500
+        return False
+
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            with contextlib.suppress(httpx.HTTPError, OSError):
-                if httpx.get(f"https://localhost:{port}/", verify=trust(ca), timeout=2).status_code < 500:
-                    break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{argv[0]} did not start:\n{(folder / 'proxy.log').read_text()}")
-            time.sleep(0.1)
+        wait_started(ready, proc, folder / "proxy.log")
         yield ca
     finally:
         proc.send_signal(signal.SIGTERM)

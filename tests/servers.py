@@ -12,13 +12,12 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 
-from tests.harness import die_with_parent, free_port
+from tests.harness import die_with_parent, free_port, wait_started
 
 
 def _pg_bin(name: str) -> str:
@@ -86,16 +85,14 @@ def _postgres_in(root: Path) -> Iterator[str]:
             preexec_fn=die_with_parent,
         )
     url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+
+    def ready() -> bool:
+        with contextlib.suppress(psycopg.Error), psycopg.connect(url, connect_timeout=1):
+            return True
+        return False
+
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with psycopg.connect(url, connect_timeout=1):
-                    break
-            except psycopg.Error:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"PostgreSQL did not start:\n{(root / 'postgres.log').read_text()}") from None
-                time.sleep(0.1)
+        wait_started(ready, proc, root / "postgres.log")
         yield url
     finally:
         proc.send_signal(signal.SIGINT)  # fast shutdown
@@ -137,16 +134,15 @@ def redis_server(root: Path) -> Iterator[str]:
             preexec_fn=die_with_parent,
         )
     url = f"redis://127.0.0.1:{port}/0"
+
+    def ready() -> bool:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+        return False
+
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
-                sock.sendall(b"PING\r\n")
-                if sock.recv(16).startswith(b"+PONG"):
-                    break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"Redis did not start:\n{(root / 'redis.log').read_text()}")
-            time.sleep(0.05)
+        wait_started(ready, proc, root / "redis.log")
         yield url
     finally:
         proc.kill()
