@@ -41,7 +41,9 @@ def controller_at(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
     with running_controller(
         root,
         models=[model_entry("smollm2-135m", SMOLLM2)],
-        auth={"trusted_proxies": ["127.0.0.1"]},
+        # Anonymous inference allowed: management (/api/v1) must still refuse anonymous callers,
+        # at the root and under the sub-path alike.
+        auth={"trusted_proxies": ["127.0.0.1"], "require_api_token": False},
         extra_env={"LLAMACONTROLLER_ROOT_PATH": request.param},
     ) as ctl:
         ctl.prefix = request.param  # type: ignore[attr-defined]
@@ -123,6 +125,7 @@ def test_dashboard_through_the_proxy(proxied: Proxied) -> None:
             assert name in page.headers, (name, dict(page.headers))
         assert f'action="{proxied.prefix}/ui/login"' in page.text
         assert browser.get("/api/v1/models").status_code == 401
+        assert browser.get("/v1/models").status_code == 200  # anonymous mode is on: inference is open
         assert browser.get("/static/app.js").headers["x-content-type-options"] == "nosniff"
         if proxied.prefix:  # the bare prefix leads to the dashboard
             bare = browser.get(proxied.base.removesuffix(proxied.prefix) + proxied.prefix)
