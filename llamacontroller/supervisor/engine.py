@@ -292,17 +292,19 @@ class Engine:
         once. A change to what the engine runs restarts a loaded engine: from now on new requests
         wait (STOPPING), the old process finishes what it has in flight (up to drain_timeout) and
         ends, and the new one starts; those requests go to it. Returns True when it restarts."""
-        loaded = self.state in (State.READY, State.SLEEPING)
-        if self._launched is None or self.command_key(entry) == self._launched or not loaded:
-            if self.state in (State.STARTING, State.STOPPING) and self.command_key(entry) != self._launched:
-                # Mid-transition: look again once it has settled.
-                self._spawn_helper(self._reconfigure_when_settled(entry), "reconfigure")
-                return True
-            self._take(entry)
+        if self._launched is None or self.command_key(entry) == self._launched:
+            self._take(entry)  # live fields only, or never started: nothing runs the old command
             return False
-        self._set(State.STOPPING, "config changed")
-        self._spawn_helper(self._restart(entry, was_ready=self.state is State.READY), "reconfigure")
-        return True
+        if self.state in (State.STARTING, State.STOPPING):
+            self._spawn_helper(self._reconfigure_when_settled(entry), "reconfigure")  # look again once settled
+            return True
+        if self.state in (State.READY, State.SLEEPING):
+            was_ready = self.state is State.READY  # read before the state changes below
+            self._set(State.STOPPING, "config changed")
+            self._spawn_helper(self._restart(entry, was_ready=was_ready), "reconfigure")
+            return True
+        self._take(entry)  # stopped or failed: the next start runs the new command
+        return False
 
     async def _reconfigure_when_settled(self, entry: ModelEntry) -> None:
         while self.state in (State.STARTING, State.STOPPING):
